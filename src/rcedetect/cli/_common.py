@@ -1,0 +1,16 @@
+"""Arguments shared by several sub-commands."""
+
+import argparse
+
+from ..devices import DEVICE_CHOICES
+
+
+def add_device_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", choices=DEVICE_CHOICES, default="auto",
+                        help="where to run: auto picks CUDA when available (default: auto)")
+
+
+def add_data_dir_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data-dir", default=None,
+                        help="dataset folder (default: $RCEDETECT_DATA_DIR, else ~/.cache/rcedetect/data); "
+                             "missing files are downloaded and md5-verified")
