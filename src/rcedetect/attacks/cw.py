@@ -1,0 +1,205 @@
+"""C&W-L2, the attack of Carlini & Wagner 2017a (section 2.3 of Pang et al. 2018); C&W-hc is kappa=10.
+
+    x* = (tanh(w) + 1) / 2,   minimise_w  ||x* - x||_2^2 + c * f(x*)
+    f(x*) = max( max_{i != t} Z(x*)_i - Z(x*)_t, -kappa )            (targeted, towards t)
+    f(x*) = max( Z(x*)_y - max_{i != y} Z(x*)_i, -kappa )            (untargeted, away from y)
+
+Z are the model's prediction logits. Adam (lr) runs `max_iters` steps for each of
+`binary_search_steps` values of c, found per example by the modified binary search (x10 until a
+success, then bisection; with >= 10 steps the last one repeats with the best c). The result is the
+successful x* with the smallest L2 over all steps; examples never successful come back unchanged with
+success=False. Distance: L2 in [0, 1] pixel units. Defaults are the paper's (appendix B.2): 9 binary
+steps x 10 000 iterations, lr 1e-2, c0 = 1e-3, kappa 0 (C&W) or 10 (C&W-hc), early abort on.
+The paper's protocol attacks a random target class != y (`random_targets(y, L, seed)`).
+
+Speed (all of it from batching, none from changing the algorithm):
+- One forward pass per step: its logits give the loss, the gradient *and* the success bookkeeping.
+- Gradients are taken with respect to w only (the weights get none).
+- Per-example early abort: every max_iters // 10 steps each example whose own loss has not improved by
+  0.01 % leaves the working batch for the rest of this binary step (Carlini's check, applied per
+  example instead of to the batch's summed loss, which keeps every example running until all stall).
+  Adam is written out so its state can be dropped with the example.
+
+Differences from the authors' code (P2333/Reverse-Cross-Entropy): their C&W runs used only 10
+iterations per binary-search step (`max_iterations=10`); we default to the paper's 10 000. The L2 term
+is measured from x itself, not from the tanh-reconstruction of x (they differ by ~1e-6).
+
+Reuse (C&W-wb of issue 5, detector-aware variants): `cw_l2_search` is the optimisation core. It takes
+`extra_loss(x_adv, logits, features, idx) -> (n,)` added to f inside the c-weighted term (or outside
+it with `scale_extra_by_const=False`) and `extra_success(x_adv, logits, features, idx) -> (n,) bool`
+ANDed with the class goal; `idx` are the rows of the full batch in the current working batch (index
+per-example state with it). `features` is the model's penultimate output (`forward_features`) when a
+callback is given, else None. `x_start` sets where w starts each binary step and `x_ref` where the L2
+term is measured from (phase 2 of C&W-wb starts from the phase-1 result).
+"""
+
+from typing import NamedTuple
+
+import torch
+
+from .result import AttackResult, check_images, check_labels, check_positive, eval_mode, goal_reached, num_classes_of, predict
+
+TANH_SCALE = 0.999999  # keep arctanh finite at the box edges, as in Carlini's code
+ABORT_TOLERANCE = 0.9999  # an example aborts when loss > 0.9999 * loss at the previous check
+CONST_UPPER = 1e10
+ADAM_BETAS, ADAM_EPS = (0.9, 0.999), 1e-8
+
+
+class CWOutput(NamedTuple):
+    """Result of `cw_l2_search`. x_adv (N, C, H, W): best successful example, x_start where none;
+    found (N,) bool; l2 (N,): ||x_adv - x_ref||_2, inf where none; const (N,): smallest successful c
+    (inf where none)."""
+
+    x_adv: torch.Tensor
+    found: torch.Tensor
+    l2: torch.Tensor
+    const: torch.Tensor
+
+
+def to_tanh_space(x: torch.Tensor) -> torch.Tensor:
+    return torch.atanh((2.0 * x - 1.0) * TANH_SCALE)
+
+
+def from_tanh_space(w: torch.Tensor) -> torch.Tensor:
+    return (torch.tanh(w) + 1.0) * 0.5
+
+
+def logit_margin(logits: torch.Tensor, labels: torch.Tensor, targeted: bool) -> torch.Tensor:
+    """How far the goal is met: Z_t - max_{i != t} Z_i (targeted) or max_{i != y} Z_i - Z_y (untargeted)."""
+    real = logits.gather(1, labels[:, None])[:, 0]
+    other = logits.scatter(1, labels[:, None], float("-inf")).max(dim=1).values
+    return real - other if targeted else other - real
+
+
+def cw_l2_search(model, x: torch.Tensor, labels: torch.Tensor, *, targeted: bool, kappa: float = 0.0,
+                 binary_search_steps: int = 9, max_iters: int = 10000, lr: float = 1e-2,
+                 initial_const: float = 1e-3, abort_early: bool = True, x_start=None, x_ref=None,
+                 extra_loss=None, extra_success=None, scale_extra_by_const: bool = True,
+                 progress: bool = False) -> CWOutput:
+    """The C&W-L2 optimisation core (see the module docstring); the caller validates inputs and puts
+    the model in eval mode. `labels` are targets if `targeted`, else the true labels."""
+    x = x.detach()
+    x_ref = x if x_ref is None else x_ref.detach()
+    x_start = x if x_start is None else x_start.detach()
+    n, shape = x.shape[0], x.shape[1:]
+    device, dtype = x.device, x.dtype
+    need_features = extra_loss is not None or extra_success is not None
+    if need_features and hasattr(model, "forward_features"):
+        forward = model.forward_features
+    else:
+        def forward(inp):
+            return model(inp), None
+
+    const = torch.full((n,), float(initial_const), device=device, dtype=dtype)
+    lower = torch.zeros(n, device=device, dtype=dtype)
+    upper = torch.full((n,), float("inf"), device=device, dtype=dtype)
+    best_l2sq = torch.full((n,), float("inf"), device=device, dtype=dtype)
+    best_x = x_start.clone()
+    w_start = to_tanh_space(x_start)
+    check_every = max(1, max_iters // 10)
+    b1, b2 = ADAM_BETAS
+
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=binary_search_steps, desc="c&w binary steps", leave=False)
+    for step in range(binary_search_steps):
+        if binary_search_steps >= 10 and step == binary_search_steps - 1:
+            const = torch.minimum(upper, torch.full_like(upper, CONST_UPPER))  # Carlini: repeat with the best c
+        idx = torch.arange(n, device=device)  # the working batch: rows of the full batch still optimising
+        w = w_start.clone()
+        m, v = torch.zeros_like(w), torch.zeros_like(w)
+        c, lab, ref = const.clone(), labels, x_ref
+        prev = torch.full((n,), float("inf"), device=device, dtype=dtype)
+        found = torch.zeros(n, dtype=torch.bool, device=device)
+        for it in range(max_iters):
+            w.requires_grad_(True)
+            x_adv = from_tanh_space(w)
+            logits, features = forward(x_adv)
+            l2sq = (x_adv - ref).square().flatten(1).sum(1)
+            margin = logit_margin(logits, lab, targeted)
+            f = (kappa - margin).clamp(min=0.0)  # = max(-margin, -kappa) + kappa, same gradient
+            loss = l2sq + c * f
+            if extra_loss is not None:
+                extra = extra_loss(x_adv, logits, features, idx)
+                loss = loss + (c * extra if scale_extra_by_const else extra)
+            (grad,) = torch.autograd.grad(loss.sum(), w)
+            w = w.detach()
+            with torch.no_grad():
+                loss, x_adv, l2sq, margin = loss.detach(), x_adv.detach(), l2sq.detach(), margin.detach()
+                keep = None
+                if abort_early and it % check_every == 0:
+                    stalled = loss > prev * ABORT_TOLERANCE
+                    prev = torch.where(stalled, prev, loss)
+                    if stalled.any():
+                        keep = ~stalled
+                # Success of the point just evaluated (before the Adam step), as in Carlini's code;
+                # examples that abort at this check are not recorded, also as there.
+                ok = margin > kappa
+                if extra_success is not None:
+                    ok &= extra_success(x_adv, logits.detach(), None if features is None else features.detach(), idx)
+                if keep is not None:
+                    ok &= keep
+                better = ok & (l2sq < best_l2sq[idx])
+                rows = idx[better]
+                best_l2sq[rows] = l2sq[better]
+                best_x[rows] = x_adv[better]
+                found[idx[ok]] = True
+                # Adam (bias-corrected, as torch.optim.Adam / foolbox), kept per row so rows can leave.
+                m.mul_(b1).add_(grad, alpha=1 - b1)
+                v.mul_(b2).addcmul_(grad, grad, value=1 - b2)
+                m_hat = m / (1 - b1 ** (it + 1))
+                v_hat = v / (1 - b2 ** (it + 1))
+                w = w - lr * m_hat / (v_hat.sqrt() + ADAM_EPS)
+                if keep is not None:
+                    idx, w, m, v, c, prev = idx[keep], w[keep], m[keep], v[keep], c[keep], prev[keep]
+                    lab, ref = lab[keep], ref[keep]
+                    if idx.numel() == 0:
+                        break
+        # Modified binary search (Carlini & Wagner): success -> bisect down; failure -> bisect up, or x10
+        # while no success has been seen at all.
+        upper = torch.where(found, torch.minimum(upper, const), upper)
+        lower = torch.where(found, lower, torch.maximum(lower, const))
+        const = torch.where(upper < 1e9, (lower + upper) / 2, const * 10)
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(success=f"{(best_l2sq < float('inf')).float().mean().item():.0%}")
+    if bar is not None:
+        bar.close()
+    found_any = best_l2sq < float("inf")
+    return CWOutput(best_x, found_any, best_l2sq.sqrt(), torch.where(found_any, upper, torch.full_like(upper, float("inf"))))
+
+
+def cw_l2(model, x: torch.Tensor, y=None, *, target=None, kappa: float = 0.0, binary_search_steps: int = 9,
+          max_iters: int = 10000, lr: float = 1e-2, initial_const: float = 1e-3, abort_early: bool = True,
+          progress: bool = False) -> AttackResult:
+    """C&W-L2 on images `x` (N, C, H, W) in [0, 1].
+
+    Targeted towards `target` (N,) when given (the paper's protocol: `random_targets(y, L, seed)`),
+    else untargeted away from `y` (N,), or from the model's predictions when `y` is None too.
+    Returns AttackResult(x_adv, success); `success` = a successful example was found (logit margin
+    > kappa) and the model's prediction for the returned x_adv meets the goal.
+    """
+    check_images(x)
+    check_positive(kappa, "kappa", allow_zero=True)
+    check_positive(binary_search_steps, "binary_search_steps")
+    check_positive(max_iters, "max_iters")
+    check_positive(lr, "lr")
+    check_positive(initial_const, "initial_const")
+    n = x.shape[0]
+    with eval_mode(model):
+        num_classes = num_classes_of(model, x)
+        targeted = target is not None
+        if targeted:
+            check_labels(target, n, "target", num_classes)
+            labels = target
+        elif y is not None:
+            check_labels(y, n, "y", num_classes)
+            labels = y
+        else:
+            labels = predict(model, x)
+        out = cw_l2_search(model, x, labels.to(x.device), targeted=targeted, kappa=float(kappa),
+                           binary_search_steps=int(binary_search_steps), max_iters=int(max_iters), lr=float(lr),
+                           initial_const=float(initial_const), abort_early=abort_early, progress=progress)
+        success = out.found & goal_reached(predict(model, out.x_adv), labels.to(x.device), targeted)
+    return AttackResult(out.x_adv, success)

@@ -1,0 +1,41 @@
+"""ILCM, the iterative least-likely class method (Kurakin et al. 2017a; section 2.3 of Pang et al. 2018).
+
+    y_ll = argmin_i F(x)_i,   x*_i = clip_{x,eps}( x*_{i-1} - step_size * sign(grad L(x*_{i-1}, y_ll)) )
+
+A targeted BIM towards the class the model finds least likely on the clean input; it never uses the
+true label (no label leaking). Distance: L-infinity, `eps` in [0, 1] pixel units. Defaults:
+steps=10, step_size=eps/steps (the authors' code, `tgsm(eps=eps/10, epochs=10)`; the paper's formula
+writes eps per step, see `bim`). L is the CE of the prediction logits by default (`loss=` as in `fgsm`).
+"""
+
+import torch
+
+from .bim import iterative_sign_attack
+from .fgsm import resolve_loss
+from .result import AttackResult, check_images, check_positive, eval_mode, goal_reached, predict
+
+
+def least_likely_class(model, x: torch.Tensor) -> torch.Tensor:
+    """y_ll = argmin_i F(x)_i (N,), computed on the clean input (call inside `eval_mode`)."""
+    with torch.no_grad():
+        return model(x).argmin(dim=1)
+
+
+def ilcm(model, x: torch.Tensor, *, eps: float, steps: int = 10, step_size=None, loss="ce",
+         early_stop: bool = False) -> AttackResult:
+    """ILCM on images `x` (N, C, H, W) in [0, 1].
+
+    Returns AttackResult(x_adv, success); `success` = the model classifies x_adv as y_ll (the targeted
+    goal). The targets are recomputed by `least_likely_class(model, x)` if needed.
+    """
+    check_images(x)
+    check_positive(eps, "eps", allow_zero=True)
+    check_positive(steps, "steps")
+    step_size = eps / steps if step_size is None else step_size
+    check_positive(step_size, "step_size", allow_zero=True)
+    with eval_mode(model):
+        target = least_likely_class(model, x)
+        x_adv = iterative_sign_attack(model, x, target, eps=eps, steps=int(steps), step_size=step_size,
+                                      targeted=True, loss_fn=resolve_loss(loss), early_stop=early_stop)
+        success = goal_reached(predict(model, x_adv), target, targeted=True)
+    return AttackResult(x_adv, success)

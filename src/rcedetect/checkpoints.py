@@ -1,0 +1,170 @@
+"""Checkpoints: safetensors weights + a JSON sidecar with the full config, written atomically.
+
+A trained model is a folder:
+    model.safetensors   weights and BN statistics; its metadata repeats the config
+    model.json          config, package version, measured test accuracy
+During training the folder also holds `train_state.safetensors` (weights, optimiser momentum and
+the step, in one file so that a `kill -9` at any moment leaves either the old or the new state,
+never a mix). Nothing is ever unpickled: safetensors and JSON only.
+"""
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from . import __version__
+from .config import TrainConfig
+from .data import DATASETS
+from .errors import CheckpointError, RceDetectError
+from .models import resnet
+
+FORMAT = "rcedetect-checkpoint-v1"
+WEIGHTS_FILE = "model.safetensors"
+SIDECAR_FILE = "model.json"
+TRAIN_STATE_FILE = "train_state.safetensors"
+
+
+def _readable(tmp) -> None:
+    # mkstemp creates 0600 files; a checkpoint should get the usual permissions of the umask.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write `data` to a temp file beside `path`, fsync, then rename over it (atomic on POSIX)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        _readable(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: Path, obj) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+
+
+def atomic_save_tensors(path: Path, tensors: dict, metadata: dict) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        _readable(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_tensors(path: Path):
+    """Load a safetensors file and its metadata, turning any parse error into a CheckpointError."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+        return load_file(str(path)), metadata
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{path} is not a readable safetensors file ({exc}): re-run training to recreate it") from exc
+
+
+def build_model(config: TrainConfig) -> torch.nn.Module:
+    info = DATASETS[config.dataset]
+    return resnet(depth=config.depth, in_channels=info.in_channels, num_classes=info.num_classes)
+
+
+def save_checkpoint(directory, model: torch.nn.Module, config: TrainConfig, metrics=None) -> Path:
+    """Save the final model of a run: sidecar first, then weights (both atomic); returns the folder."""
+    directory = Path(directory)
+    sidecar = {
+        "format": FORMAT,
+        "rcedetect_version": __version__,
+        "config": config.to_dict(),
+        "metrics": dict(metrics or {}),
+    }
+    atomic_write_json(directory / SIDECAR_FILE, sidecar)
+    metadata = {"format": FORMAT, "config": json.dumps(config.to_dict(), sort_keys=True)}
+    atomic_save_tensors(directory / WEIGHTS_FILE, model.state_dict(), metadata)
+    return directory
+
+
+@dataclass
+class LoadedCheckpoint:
+    model: torch.nn.Module
+    config: TrainConfig
+    meta: dict
+    directory: Path
+
+
+def _resolve_directory(path) -> Path:
+    path = Path(path).expanduser()
+    if path.is_file() and path.suffix in (".safetensors", ".json"):
+        path = path.parent
+    if not (path / WEIGHTS_FILE).exists() or not (path / SIDECAR_FILE).exists():
+        raise CheckpointError(
+            f"{path} is not a checkpoint folder (needs {WEIGHTS_FILE} and {SIDECAR_FILE}): "
+            f"pass the --out folder of 'rcedetect train'"
+        )
+    return path
+
+
+def load_checkpoint(path, device="cpu") -> LoadedCheckpoint:
+    """Load a trained model, validating the sidecar against the weights; the model is in eval mode."""
+    directory = _resolve_directory(path)
+    try:
+        sidecar = json.loads((directory / SIDECAR_FILE).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{directory / SIDECAR_FILE} is not valid JSON ({exc}): re-run training to recreate it") from exc
+    if sidecar.get("format") != FORMAT:
+        raise CheckpointError(f"{directory / SIDECAR_FILE} has format {sidecar.get('format')!r}, expected {FORMAT!r}: "
+                              f"re-train with this version of rcedetect")
+    try:
+        config = TrainConfig.from_dict(sidecar["config"])
+    except (KeyError, TypeError, RceDetectError) as exc:
+        raise CheckpointError(f"{directory / SIDECAR_FILE} has an invalid config ({exc}): re-train the model") from exc
+    if config.dataset not in DATASETS:
+        raise CheckpointError(f"{directory / SIDECAR_FILE} names unknown dataset {config.dataset!r}")
+    state, metadata = read_tensors(directory / WEIGHTS_FILE)
+    if metadata.get("config") and json.loads(metadata["config"]) != config.to_json_dict():
+        raise CheckpointError(f"{directory}: {SIDECAR_FILE} does not match the config stored in {WEIGHTS_FILE}: "
+                              f"the two files come from different runs; re-train or restore the matching pair")
+    model = build_model(config)
+    check_state_matches(model, state, directory / WEIGHTS_FILE, config)
+    model.load_state_dict(state)
+    model.to(device).eval()
+    return LoadedCheckpoint(model=model, config=config, meta=sidecar, directory=directory)
+
+
+def check_state_matches(model: torch.nn.Module, state: dict, path: Path, config: TrainConfig) -> None:
+    """A clear error when the weights do not fit the architecture the sidecar describes."""
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    found = {k: tuple(v.shape) for k, v in state.items()}
+    if expected == found:
+        return
+    missing = sorted(set(expected) - set(found))
+    extra = sorted(set(found) - set(expected))
+    wrong = sorted(k for k in set(expected) & set(found) if expected[k] != found[k])
+    detail = (f"missing {missing[:3]}" if missing else f"unexpected {extra[:3]}" if extra
+              else f"shape of {wrong[0]} is {found[wrong[0]]}, expected {expected[wrong[0]]}")
+    raise CheckpointError(
+        f"{path} does not fit a ResNet-{config.depth} for {config.dataset} ({detail}): "
+        f"the weights and {SIDECAR_FILE} are from different models; re-train or restore the matching files"
+    )

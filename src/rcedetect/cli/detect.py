@@ -1,0 +1,369 @@
+"""`rcedetect detect`: the thresholding test strategy (Pang et al. 2018, section 3.4) on input files.
+
+    rcedetect detect CHECKPOINT --metric kd --input digits.npy [--json]
+    rcedetect detect CHECKPOINT --report [--metric non-me]      # clean score distributions + measured FPR
+
+The detector is fitted on first use and saved beside the checkpoint (detector-<metric>.json +
+.safetensors), so later calls only load it:
+  * K-density bank: a seeded subset of `--n-per-class` training images per true class;
+  * threshold: rejects `--fpr` of the first `--calibration-size` clean test images (held out from
+    training; `--report` measures the rejection rate on the next `--calibration-size` test images).
+A saved detector is reused when the checkpoint's weights (sha256) and the fit settings match; a
+different `--fpr` only moves the threshold (the clean calibration scores are stored), `--refit`
+forces a new fit.
+"""
+
+import hashlib
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import InputError
+from ._common import add_data_dir_argument, add_device_argument
+
+METRIC_NAMES = ("confidence", "non-me", "kd")
+REPORT_QUANTILES = (0.0, 0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 1.0)
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "detect", help="classify inputs or reject them as adversarial (NOT SURE)",
+        description="Thresholding detector of Pang et al. 2018: print the label or NOT SURE for each input, "
+                    "or (--report) the clean-data score distributions and the measured false-positive rate.")
+    parser.add_argument("checkpoint", help="checkpoint folder written by 'rcedetect train'")
+    parser.add_argument("--metric", choices=METRIC_NAMES, default=None,
+                        help="detection metric (default: kd; with --report all three)")
+    mode = parser.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--input", help="a PNG image, or a batch as .npy / .pt, shaped (N, C, H, W), (C, H, W) or (H, W)")
+    mode.add_argument("--report", action="store_true",
+                      help="fit/load the detectors and report clean score quantiles and the rejection rate of "
+                           "held-out clean test inputs")
+    parser.add_argument("--json", dest="json_stdout", action="store_true", help="print machine-readable JSON")
+    parser.add_argument("--output", default=None,
+                        help="with --report: where to write the JSON report (default: CHECKPOINT/detect-report.json)")
+    parser.add_argument("--pixel-scale", type=float, default=None,
+                        help="input values lie in [0, SCALE], e.g. 255 (default: 255 for integer data, 1 for floats)")
+    parser.add_argument("--fpr", type=float, default=0.05,
+                        help="target fraction of clean inputs rejected, sets the threshold (default: 0.05)")
+    parser.add_argument("--refit", action="store_true", help="refit the detector even if a saved one matches")
+    parser.add_argument("--n-per-class", type=int, default=1000,
+                        help="K-density bank: training images per class (default: 1000)")
+    parser.add_argument("--bandwidth-sq", type=float, default=None,
+                        help="K-density σ² (default: 1/0.26 for CE, 0.1/0.26 for RCE checkpoints)")
+    parser.add_argument("--calibration-size", type=int, default=5000,
+                        help="clean test images that set the threshold (default: 5000; --report evaluates on "
+                             "the next as many)")
+    parser.add_argument("--batch-size", type=int, default=500)
+    add_device_argument(parser)
+    add_data_dir_argument(parser)
+    parser.set_defaults(func=run)
+
+
+# ------------------------------------------------------------------------------------ input files
+def _read_png(path: Path) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            mode = image.mode
+            if mode not in ("L", "RGB"):
+                raise InputError(f"{path} has PNG mode {mode}: save it as 8-bit grayscale (L) or RGB without alpha")
+            array = np.asarray(image)
+    except UnidentifiedImageError as exc:
+        raise InputError(f"{path} is not a readable image ({exc}): pass a PNG, .npy or .pt file") from exc
+    # Always (1, C, H, W): the mode, not the shape, says how many channels a PNG has.
+    return array[None, None] if array.ndim == 2 else array.transpose(2, 0, 1)[None]  # HWC -> CHW
+
+
+def _read_npy(path: Path) -> np.ndarray:
+    try:
+        return np.load(path, allow_pickle=False)
+    except ValueError as exc:  # object arrays need pickle: refuse them
+        raise InputError(f"{path} is not a plain numeric .npy array ({exc}): save it with np.save(array)") from exc
+
+
+def _read_pt(path: Path) -> np.ndarray:
+    import pickle
+
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as exc:
+        raise InputError(f"{path} is not a tensor file readable with weights_only=True ({exc}): "
+                         f"save a plain tensor with torch.save(tensor, path)") from exc
+    if not torch.is_tensor(data):
+        raise InputError(f"{path} holds a {type(data).__name__}, not a tensor: save a single (N, C, H, W) tensor")
+    if data.dtype == torch.bfloat16:
+        data = data.float()
+    return data.detach().numpy()
+
+
+READERS = {".png": _read_png, ".npy": _read_npy, ".pt": _read_pt}
+
+
+def _to_nchw(array: np.ndarray, path, in_channels: int, size: int, dataset: str) -> np.ndarray:
+    expected = f"(N, {in_channels}, {size}, {size})"
+    shape = array.shape
+    if array.ndim == 2 and in_channels == 1:
+        array = array[None, None]
+    elif array.ndim == 3 and shape[0] == in_channels and shape[1:] == (size, size):
+        array = array[None]
+    elif array.ndim == 3 and in_channels == 1 and shape[1:] == (size, size):
+        array = array[:, None]  # a batch of grayscale images (N, H, W)
+    elif array.ndim == 4 and shape[1] == in_channels:
+        pass
+    elif array.ndim in (3, 4) and shape[-1] == in_channels and shape[-3:-1] == (size, size):
+        raise InputError(f"{path} looks channels-last {shape}: transpose it to {expected}")
+    elif array.ndim in (3, 4) and shape[-3] != in_channels and shape[-2:] == (size, size):
+        raise InputError(f"{path} has {shape[-3]} channels, the {dataset} model expects {in_channels}: "
+                         f"{'convert to grayscale' if in_channels == 1 else 'convert to RGB'}")
+    else:
+        raise InputError(f"{path} has shape {shape}: expected {expected}, ({in_channels}, {size}, {size})"
+                         f"{f' or ({size}, {size})' if in_channels == 1 else ''} for the {dataset} model")
+    if array.shape[1] != in_channels:
+        raise InputError(f"{path} has {array.shape[1]} channels, the {dataset} model expects {in_channels}")
+    if array.shape[2:] != (size, size):
+        raise InputError(f"{path} has images of {array.shape[2]}x{array.shape[3]} pixels, "
+                         f"the {dataset} model expects {size}x{size}: resize them")
+    if array.shape[0] == 0:
+        raise InputError(f"{path} holds no images (shape {shape})")
+    return array
+
+
+def load_input(path, *, in_channels: int, image_size: int, dataset: str = "the", pixel_scale=None) -> torch.Tensor:
+    """Read an input file as float32 (N, C, H, W) in [0, 1], with one-line `InputError`s for bad input.
+
+    Integer data is taken as [0, 255] and floats as [0, 1] unless `pixel_scale` says [0, pixel_scale].
+    """
+    path = Path(path)
+    reader = READERS.get(path.suffix.lower())
+    if reader is None:
+        raise InputError(f"{path}: unsupported file type {path.suffix or '(none)'}: pass a .png, .npy or .pt file")
+    if not path.is_file():
+        raise InputError(f"{path} does not exist: check the --input path")
+    array = reader(path)
+    if array.dtype.kind not in "uif":
+        raise InputError(f"{path} has dtype {array.dtype}: expected integer or float pixel values")
+    array = _to_nchw(array, path, in_channels, image_size, dataset)
+    values = array.astype(np.float64)
+    if not np.isfinite(values).all():
+        raise InputError(f"{path} contains NaN or inf values: fix or drop those images")
+    if pixel_scale is not None and not pixel_scale > 0:
+        raise InputError(f"--pixel-scale must be positive, got {pixel_scale}")
+    scale = pixel_scale if pixel_scale is not None else (255.0 if array.dtype.kind in "ui" else 1.0)
+    low, high = float(values.min()), float(values.max())
+    if low < 0 or high > scale:
+        hint = (" (0-255 data? pass --pixel-scale 255)" if pixel_scale is None and scale == 1.0 and high <= 255
+                else f": rescale to [0, {scale:g}] or pass the right --pixel-scale")
+        raise InputError(f"{path} has values in [{low:g}, {high:g}], outside [0, {scale:g}]{hint}")
+    return torch.from_numpy(values / scale).float()
+
+
+# ------------------------------------------------------------------------------ fitting detectors
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 22):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class _Session:
+    """The checkpoint, data and cached model outputs of one command (shared by all metrics)."""
+
+    def __init__(self, args, ckpt, device):
+        self.args, self.ckpt, self.device = args, ckpt, device
+        self.config = ckpt.config
+        self.weights_sha256 = _sha256(ckpt.directory / "model.safetensors")
+        self._outputs = {}
+
+    def dataset(self, split):
+        from ..data import load_dataset
+
+        return load_dataset(self.config.dataset, split, self.args.data_dir)
+
+    def outputs(self, split, index, key):
+        from ..detectors import collect_outputs
+
+        if key not in self._outputs:
+            images = self.dataset(split).images[index]
+            self._outputs[key] = collect_outputs(self.ckpt.model, images, batch_size=self.args.batch_size,
+                                                 device=self.device)
+        return self._outputs[key]
+
+    def calibration_range(self):
+        n_test = len(self.dataset("test"))
+        size = self.args.calibration_size
+        if not 0 < size < n_test:
+            raise InputError(f"--calibration-size must be between 1 and {n_test - 1}, got {size}")
+        return 0, size
+
+    def calibration_outputs(self):
+        start, stop = self.calibration_range()
+        return self.outputs("test", slice(start, stop), ("test", start, stop))
+
+    def new_metric(self, name):
+        from ..detectors import METRICS
+
+        kwargs = {}
+        if name == "kd":
+            kwargs = {"n_per_class": self.args.n_per_class, "bandwidth_sq": self.args.bandwidth_sq}
+        return METRICS[name](self.config.objective, **kwargs)
+
+    def fit_settings(self, name):
+        start, stop = self.calibration_range()
+        return {"checkpoint_sha256": self.weights_sha256, "dataset": self.config.dataset,
+                "objective": self.config.objective, "metric_params": self.new_metric(name).params(),
+                "calibration": {"split": "test", "start": start, "stop": stop}}
+
+    def detector(self, name):
+        """Load the saved detector when its fit settings match, else fit and save one."""
+        from ..detectors import ThresholdDetector, detector_paths, load_detector, save_detector
+        from ..errors import CheckpointError
+
+        settings = self.fit_settings(name)
+        if not self.args.refit and any(p.exists() for p in detector_paths(self.ckpt.directory, name)):
+            try:
+                detector, metadata = load_detector(self.ckpt.directory, name)
+            except CheckpointError as exc:
+                detector, metadata = None, None
+                print(f"note: {exc}; refitting", file=sys.stderr)
+            if metadata is not None and {k: metadata.get(k) for k in settings} == settings \
+                    and detector.calibration_scores_ is not None:
+                if detector.fpr_ != self.args.fpr:
+                    detector.recalibrate(self.args.fpr)
+                return detector
+            if metadata is not None:
+                print(f"note: the saved {name} detector was fitted with other settings or weights; refitting",
+                      file=sys.stderr)
+        t0 = time.perf_counter()
+        metric = self.new_metric(name)
+        detector = ThresholdDetector(metric, fpr=self.args.fpr)
+        if metric.requires_fit:
+            train = self.dataset("train")
+            index = metric.subset_indices(train.labels, self.ckpt.model.num_classes)
+            train_out = self.outputs("train", index, ("train-bank", name, self.args.n_per_class))
+            detector.fit(train_out, train.labels[index], calibration=self.calibration_outputs())
+        else:
+            detector.fit(calibration=self.calibration_outputs())
+        settings["fit_seconds"] = time.perf_counter() - t0
+        try:
+            save_detector(detector, self.ckpt.directory, metadata=settings)
+        except OSError as exc:
+            print(f"warning: could not save the detector beside the checkpoint ({exc}); it will be refitted next time",
+                  file=sys.stderr)
+        return detector
+
+
+def _quantiles(scores: torch.Tensor) -> dict:
+    values = np.quantile(scores.double().numpy(), REPORT_QUANTILES)
+    return {f"{q:g}": float(v) for q, v in zip(REPORT_QUANTILES, values)}
+
+
+def _report(session) -> dict:
+    from ..evaluation import rejection_rate
+
+    args = session.args
+    start, stop = session.calibration_range()
+    n_test = len(session.dataset("test"))
+    eval_stop = min(n_test, stop + (stop - start))
+    test = session.dataset("test")
+    eval_out = session.outputs("test", slice(stop, eval_stop), ("test", stop, eval_stop))
+    eval_labels = test.labels[stop:eval_stop]
+    correct = eval_out.logits.argmax(1) == eval_labels
+    report = {
+        "checkpoint": str(session.ckpt.directory), "dataset": session.config.dataset,
+        "objective": session.config.objective, "depth": session.config.depth, "fpr": args.fpr,
+        "calibration": {"split": "test", "start": start, "stop": stop},
+        "evaluation": {"split": "test", "start": stop, "stop": eval_stop,
+                       "accuracy": float(correct.float().mean())},
+        "metrics": {},
+    }
+    for name in ([args.metric] if args.metric else METRIC_NAMES):
+        detector = session.detector(name)
+        with torch.no_grad():
+            scores = detector.score_samples(eval_out).cpu()
+        n = scores.numel()
+        rate = rejection_rate(scores, detector.threshold_)
+        report["metrics"][name] = {
+            "metric": repr(detector.metric),
+            "score": "log(F/(1-F)) of the confidence F" if name == "confidence" else name,
+            "threshold": detector.threshold_,
+            "calibration_rejection_rate": rejection_rate(detector.calibration_scores_, detector.threshold_),
+            "rejection_rate": rate,
+            # binomial standard error of the measured rate, for judging |rate - fpr|
+            "rejection_rate_stderr": math.sqrt(max(rate * (1 - rate), 1e-12) / n),
+            "n_evaluation": n,
+            "rejection_rate_correct": rejection_rate(scores[correct], detector.threshold_) if correct.any() else None,
+            "calibration_quantiles": _quantiles(detector.calibration_scores_),
+            "evaluation_quantiles": _quantiles(scores),
+        }
+    return report
+
+
+def _print_report(report: dict) -> None:
+    print(f"{report['checkpoint']}: ResNet-{report['depth']} + {report['objective'].upper()} on {report['dataset']}, "
+          f"threshold from clean test[{report['calibration']['start']}:{report['calibration']['stop']}] at "
+          f"fpr {report['fpr']:g}, measured on clean test[{report['evaluation']['start']}:"
+          f"{report['evaluation']['stop']}] (accuracy {100 * report['evaluation']['accuracy']:.2f} %)")
+    head = " ".join(f"q{q:g}".rjust(11) for q in REPORT_QUANTILES)
+    print(f"{'metric':<11}{'threshold':>12}{'rejected':>10} {head}")
+    for name, m in report["metrics"].items():
+        quants = " ".join(f"{v:11.6g}" for v in m["evaluation_quantiles"].values())
+        print(f"{name:<11}{m['threshold']:12.6g}{100 * m['rejection_rate']:9.2f}% {quants}")
+    print("(quantiles of the held-out clean scores; confidence scores are log(F/(1-F)))")
+
+
+# ------------------------------------------------------------------------------------------- run
+def run(args) -> int:
+    from ..checkpoints import atomic_write_json, load_checkpoint
+    from ..data import DATASETS
+    from ..detectors import collect_outputs
+    from ..devices import resolve_device
+
+    if not 0 <= args.fpr < 1:
+        raise InputError(f"--fpr must be in [0, 1), got {args.fpr}")
+    if args.n_per_class < 1:
+        raise InputError(f"--n-per-class must be positive, got {args.n_per_class}")
+    device = resolve_device(args.device)
+    ckpt = load_checkpoint(args.checkpoint, device=device)
+    session = _Session(args, ckpt, device)
+
+    if args.report:
+        report = _report(session)
+        out = Path(args.output) if args.output else ckpt.directory / "detect-report.json"
+        atomic_write_json(out, report)
+        if args.json_stdout:
+            print(json.dumps(report, indent=2))
+        else:
+            _print_report(report)
+            print(f"-> {out}")
+        return 0
+
+    info = DATASETS[ckpt.config.dataset]
+    x = load_input(args.input, in_channels=info.in_channels, image_size=info.image_size, dataset=info.name,
+                   pixel_scale=args.pixel_scale)
+    name = args.metric or "kd"
+    detector = session.detector(name)
+    # SelectiveClassifier's rule (accept when score > threshold_), keeping the class of rejected inputs too.
+    out = collect_outputs(ckpt.model, x, batch_size=args.batch_size, device=device)
+    with torch.no_grad():
+        scores = detector.score_samples(out)
+    accepted = scores > detector.threshold_
+    predicted = out.logits.argmax(1)
+    rows = [{"index": i, "prediction": int(pred) if ok else "NOT SURE", "predicted_class": int(pred),
+             "accepted": bool(ok), "score": float(score)}
+            for i, (ok, pred, score) in enumerate(zip(accepted.tolist(), predicted.tolist(), scores.tolist()))]
+    if args.json_stdout:
+        print(json.dumps({"checkpoint": str(ckpt.directory), "input": str(args.input), "metric": name,
+                          "threshold": detector.threshold_, "fpr": detector.fpr_, "results": rows}, indent=2))
+    else:
+        print(f"# metric {name}, threshold {detector.threshold_:.6g} (set to reject {100 * args.fpr:g} % of clean "
+              f"test inputs); index, label or NOT SURE, score (higher = more normal)")
+        for row in rows:
+            print(f"{row['index']}\t{row['prediction']}\tscore {row['score']:.6g}")
+    return 0

@@ -1,0 +1,39 @@
+"""`rcedetect train`: train a CE or RCE ResNet with the paper's schedule or the quick CPU preset."""
+
+from ..config import PRESETS, preset_config
+from ..data import DATASETS
+from ._common import add_data_dir_argument, add_device_argument
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("train", help="train a ResNet with CE or RCE",
+                                   description="Train a pre-activation ResNet with cross-entropy or reverse cross-entropy.")
+    parser.add_argument("--dataset", choices=sorted(DATASETS), required=True)
+    parser.add_argument("--objective", choices=("ce", "rce"), required=True)
+    parser.add_argument("--depth", type=int, default=32,
+                        help="ResNet depth 6n+2: 32 or 56 in the paper (small depths such as 8 are for tests)")
+    parser.add_argument("--preset", choices=PRESETS, default="quick",
+                        help="quick: minutes on a 2-core CPU; paper: appendix B.1 (20k MNIST / 90k CIFAR-10 steps)")
+    parser.add_argument("--steps", type=int, default=None, help="override the preset's number of steps")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--checkpoint-every", type=int, default=None, help="steps between resumable saves")
+    parser.add_argument("--out", required=True, help="checkpoint folder to create")
+    parser.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    parser.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bar")
+    add_device_argument(parser)
+    add_data_dir_argument(parser)
+    parser.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from ..config import with_overrides
+    from ..training import train
+    from .eval import print_row
+
+    config = preset_config(args.dataset, args.objective, args.preset, args.depth, args.steps, args.seed)
+    if args.checkpoint_every is not None:
+        config = with_overrides(config, checkpoint_every=args.checkpoint_every)
+    out = train(config, args.out, device=args.device, resume=args.resume, progress=args.progress,
+                data_dir=args.data_dir)
+    print_row(out)
+    return 0

@@ -1,0 +1,86 @@
+"""Training configurations and presets (appendix B.1 of the paper).
+
+A `TrainConfig` is saved inside every checkpoint (nanoGPT's habit) so that any result can be
+traced back to exactly how its model was trained.
+"""
+
+import json
+from dataclasses import asdict, dataclass, fields, replace
+
+from .errors import RceDetectError
+
+PAPER_LR_VALUES = (0.1, 0.01, 0.001, 0.0001)
+# Learning-rate boundaries as fractions of the total steps: MNIST [10k, 15k, 20k] of 20k,
+# CIFAR-10 [40k, 60k, 80k] of 90k.
+LR_BOUNDARY_FRACTIONS = {"mnist": (1 / 2, 3 / 4, 1.0), "cifar10": (4 / 9, 6 / 9, 8 / 9)}
+PAPER_STEPS = {"mnist": 20_000, "cifar10": 90_000}
+# Quick presets: the paper's schedule shape compressed to minutes on 2 CPU cores.
+QUICK_STEPS = {"mnist": 1_000, "cifar10": 2_000}
+PRESETS = ("quick", "paper")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    dataset: str
+    objective: str
+    depth: int = 32
+    steps: int = 20_000
+    batch_size: int = 128
+    lr_values: tuple = PAPER_LR_VALUES
+    lr_boundaries: tuple = (10_000, 15_000, 20_000)
+    momentum: float = 0.9
+    weight_decay: float = 2e-4
+    augment: bool = False
+    seed: int = 0
+    checkpoint_every: int = 100
+    preset: str = "custom"
+
+    def learning_rate(self, step: int) -> float:
+        """Piecewise-constant schedule: lr_values[k] for boundaries[k-1] <= step < boundaries[k]."""
+        for boundary, value in zip(self.lr_boundaries, self.lr_values):
+            if step < boundary:
+                return value
+        return self.lr_values[len(self.lr_boundaries)]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def to_json_dict(self) -> dict:
+        """The config as it reads back from JSON (tuples become lists), for comparisons with saved ones."""
+        return json.loads(json.dumps(self.to_dict(), sort_keys=True))
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise RceDetectError(f"unknown training config keys {sorted(unknown)}: the checkpoint was written by a newer rcedetect")
+        values = dict(data)
+        for key in ("lr_values", "lr_boundaries"):
+            if key in values:
+                values[key] = tuple(values[key])
+        return cls(**values)
+
+
+def preset_config(dataset: str, objective: str, preset: str = "quick", depth: int = 32,
+                  steps=None, seed: int = 0) -> TrainConfig:
+    """The paper's schedule (`paper`) or its compressed CPU version (`quick`), optionally with other `steps`."""
+    if dataset not in PAPER_STEPS:
+        raise RceDetectError(f"unknown dataset {dataset!r}: choose mnist or cifar10")
+    if preset not in PRESETS:
+        raise RceDetectError(f"unknown preset {preset!r}: choose {' or '.join(PRESETS)}")
+    total = steps if steps is not None else (PAPER_STEPS if preset == "paper" else QUICK_STEPS)[dataset]
+    if depth < 8 or (depth - 2) % 6:
+        raise RceDetectError(f"--depth must be 6n+2 (32 or 56 in the paper), got {depth}")
+    if total < 1:
+        raise RceDetectError(f"--steps must be positive, got {total}")
+    boundaries = tuple(max(1, round(f * total)) for f in LR_BOUNDARY_FRACTIONS[dataset])
+    return TrainConfig(
+        dataset=dataset, objective=objective, depth=depth, steps=total, lr_boundaries=boundaries,
+        augment=(dataset == "cifar10"), seed=seed, checkpoint_every=max(1, min(500, total // 10)),
+        preset=preset if steps is None else f"{preset}-steps{total}",
+    )
+
+
+def with_overrides(config: TrainConfig, **changes) -> TrainConfig:
+    return replace(config, **changes)
