@@ -69,10 +69,10 @@ def _pair_search(a: torch.Tensor, b: torch.Tensor, ok: torch.Tensor, idx: torch.
 def best_pairs(a: torch.Tensor, b: torch.Tensor, domain: torch.Tensor, k: int = CANDIDATES):
     """argmax over pairs p != q in `domain` of (a_p + a_q)(b_p + b_q) with both sums > 0. a, b: (n, d).
 
-    Exact: candidates are the top-k features by a and by b; a pair containing any other feature r has
-    a_r <= a_(k) and b_r <= b_(k) (the k-th largest), so its score is at most
-    max(0, a_(k) + max a) * max(0, b_(k) + max b). Rows whose best candidate pair does not beat that
-    bound are searched again with 8x more candidates (finally all d). Returns (valid (n,), p, q).
+    Exact: candidates are the top-k features by a and by b; a pair (r, q) containing any other feature
+    r has a_r <= a_(k) and b_r <= b_(k) (the k-th largest), so its score is at most
+    max_q (a_(k) + a_q)+ (b_(k) + b_q)+, an O(d) bound per row. Rows whose best candidate pair does not
+    reach that bound are searched again with 8x more candidates (finally all d). Returns (valid, p, q).
     """
     n, d = a.shape
     neg = torch.tensor(float("-inf"), dtype=a.dtype, device=a.device)
@@ -92,9 +92,9 @@ def best_pairs(a: torch.Tensor, b: torch.Tensor, domain: torch.Tensor, k: int = 
         score[todo], p[todo], q[todo] = s, sp, sq
         if k >= d:
             break
-        bound = ((top_a.values[:, -1] + ta.max(dim=1).values).clamp(min=0)
-                 * (top_b.values[:, -1] + tb.max(dim=1).values).clamp(min=0))
-        bound = torch.nan_to_num(bound, nan=0.0)  # -inf + -inf rows (empty domain): nothing to find
+        # Any pair (r, q) with r outside the candidates scores at most (a_(k) + a_q)+ (b_(k) + b_q)+.
+        partner = ((top_a.values[:, -1:] + ta).clamp(min=0) * (top_b.values[:, -1:] + tb).clamp(min=0))
+        bound = torch.nan_to_num(partner, nan=0.0, posinf=0.0).max(dim=1).values  # -inf entries: not in domain
         todo = todo[bound > s.clamp(min=0)]
         k *= 8
     return score > 0, p, q

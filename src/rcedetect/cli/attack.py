@@ -1,0 +1,163 @@
+"""`rcedetect attack`: craft adversarial examples for test images against a trained checkpoint.
+
+    rcedetect attack runs/mnist_rce --attack cw --n 1000 --out adv/cw.safetensors
+
+Writes a safetensors file (readable without unpickling: `rcedetect.attacks.load_adversarial`) with
+the tensors x (clean, float [0, 1]), x_adv, labels, targets (-1 for untargeted attacks), success,
+clean_pred, adv_pred and index (rows of the split), plus a JSON sidecar (same name, .json) holding the
+attack name, its settings, the seed, the checkpoint, timing and summary statistics.
+"""
+
+import time
+
+# CLI option -> (attack keyword, attacks it applies to). Options left unset keep the attack's defaults.
+SETTINGS = {
+    "steps": ("steps", ("bim", "ilcm")),
+    "step_size": ("step_size", ("bim", "ilcm")),
+    "theta": ("theta", ("jsma",)),
+    "gamma": ("gamma", ("jsma",)),
+    "max_iters": ("max_iters", ("jsma", "cw", "cw-hc")),
+    "kappa": ("kappa", ("cw", "cw-hc")),
+    "binary_search_steps": ("binary_search_steps", ("cw", "cw-hc")),
+    "lr": ("lr", ("cw", "cw-hc")),
+    "initial_const": ("initial_const", ("cw", "cw-hc")),
+    "abort_early": ("abort_early", ("cw", "cw-hc")),
+    "jsma_output": ("output", ("jsma",)),
+}
+
+
+def register(subparsers) -> None:
+    from ..attacks import ATTACKS
+    from ._common import add_data_dir_argument, add_device_argument
+
+    parser = subparsers.add_parser(
+        "attack", help="craft adversarial examples against a checkpoint",
+        description="Run one of the paper's attacks (section 2.3, appendix B.2-B.3) on test images and save "
+                    "the adversarial examples with clean inputs, labels, targets and success flags.")
+    parser.add_argument("checkpoint", help="checkpoint folder written by 'rcedetect train'")
+    parser.add_argument("--attack", required=True, choices=list(ATTACKS),
+                        help="; ".join(f"{name}: {spec.description}" for name, spec in ATTACKS.items()))
+    parser.add_argument("--eps", type=float, default=None,
+                        help="L-inf budget in [0, 1] pixel units (fgsm, bim, ilcm) or noise amplitude (rand)")
+    parser.add_argument("--n", type=int, default=1000, help="number of test images to attack (default: 1000)")
+    parser.add_argument("--start", type=int, default=0, help="first test image (default: 0)")
+    parser.add_argument("--split", choices=("test", "train"), default="test")
+    parser.add_argument("--out", required=True, help="output file (.safetensors; a .json sidecar is written beside it)")
+    parser.add_argument("--seed", type=int, default=0, help="seed for random targets and noise (default: 0)")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="images per batch (default: 500 for fgsm/bim/ilcm/rand, 100 for jsma/cw)")
+    group = parser.add_argument_group("attack settings (default: the paper's)")
+    group.add_argument("--steps", type=int, help="bim/ilcm iterations (default 10)")
+    group.add_argument("--step-size", type=float, help="bim/ilcm step (default eps/steps)")
+    group.add_argument("--theta", type=float, help="jsma feature change (default +1)")
+    group.add_argument("--gamma", type=float, help="jsma largest fraction of changed features (default 0.1)")
+    group.add_argument("--jsma-output", choices=("probs", "logits"), help="jsma saliency on softmax (default) or logits")
+    group.add_argument("--max-iters", type=int, help="jsma iterations (100) or C&W steps per binary step (10000)")
+    group.add_argument("--kappa", type=float, help="C&W confidence margin (cw 0, cw-hc 10)")
+    group.add_argument("--binary-search-steps", type=int, help="C&W binary search steps over c (default 9)")
+    group.add_argument("--lr", type=float, help="C&W Adam learning rate (default 0.01)")
+    group.add_argument("--initial-const", type=float, help="C&W initial c (default 0.001)")
+    group.add_argument("--no-abort-early", dest="abort_early", action="store_const", const=False, default=None,
+                       help="C&W: run every iteration even when the loss has stopped improving")
+    parser.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bar")
+    add_device_argument(parser)
+    add_data_dir_argument(parser)
+    parser.set_defaults(func=run)
+
+
+def attack_settings(args) -> dict:
+    """The attack keywords the user set, rejecting options that do not apply to the chosen attack."""
+    from ..errors import InputError
+
+    settings = {}
+    for option, (keyword, applies_to) in SETTINGS.items():
+        value = getattr(args, option, None)
+        if value is None:
+            continue
+        if args.attack not in applies_to:
+            flag = "--no-abort-early" if option == "abort_early" else "--" + option.replace("_", "-")
+            raise InputError(f"{flag} does not apply to --attack {args.attack} (only to {', '.join(applies_to)}): drop it")
+        settings[keyword] = value
+    return settings
+
+
+def run(args) -> int:
+    import torch
+    from tqdm.auto import tqdm
+
+    from .. import __version__
+    from ..attacks import ATTACKS, save_adversarial
+    from ..checkpoints import load_checkpoint
+    from ..data import load_dataset
+    from ..devices import resolve_device
+    from ..errors import InputError
+
+    spec = ATTACKS[args.attack]
+    settings = attack_settings(args)
+    if spec.uses_eps and args.eps is None:
+        raise InputError(f"--attack {args.attack} needs --eps (L-inf budget in [0, 1] pixel units), e.g. --eps 0.1")
+    if not spec.uses_eps and args.eps is not None:
+        raise InputError(f"--eps does not apply to --attack {args.attack}: drop it")
+    if args.n < 1 or args.start < 0:
+        raise InputError(f"--n must be >= 1 and --start >= 0, got --n {args.n} --start {args.start}")
+    device = resolve_device(args.device)
+    loaded = load_checkpoint(args.checkpoint, device=device)
+    model = loaded.model
+    data = load_dataset(loaded.config.dataset, args.split, args.data_dir)
+    if args.start + args.n > len(data):
+        raise InputError(f"--start {args.start} --n {args.n} runs past the {len(data)} {args.split} images: lower --n")
+    batch_size = args.batch_size or (500 if spec.uses_eps else 100)
+    if batch_size < 1:
+        raise InputError(f"--batch-size must be >= 1, got {batch_size}")
+
+    index = torch.arange(args.start, args.start + args.n)
+    x_all = data.float_images(index)
+    y_all = data.labels[index]
+    chunks = {key: [] for key in ("x_adv", "success", "targets", "clean_pred", "adv_pred")}
+    bar = tqdm(total=args.n, desc=args.attack, unit="img", disable=not args.progress)
+    started = time.perf_counter()
+    done = succeeded = 0
+    for begin in range(0, args.n, batch_size):
+        x = x_all[begin:begin + batch_size].to(device)
+        y = y_all[begin:begin + batch_size].to(device)
+        # Seeds depend on the position in the run, so each batch gets its own, reproducible draw.
+        seed = args.seed + args.start + begin
+        targets = spec.targets(model, x, y, seed=seed)
+        result = spec(model, x, y, eps=args.eps, target=None if targets.min() < 0 else targets, seed=seed, **settings)
+        with torch.no_grad():
+            chunks["clean_pred"].append(model(x).argmax(1).cpu())
+            chunks["adv_pred"].append(model(result.x_adv).argmax(1).cpu())
+        chunks["x_adv"].append(result.x_adv.detach().cpu())
+        chunks["success"].append(result.success.cpu())
+        chunks["targets"].append(targets.cpu())
+        done += x.shape[0]
+        succeeded += int(result.success.sum())
+        bar.update(x.shape[0])
+        bar.set_postfix(success=f"{succeeded / done:.1%}")
+    bar.close()
+    seconds = time.perf_counter() - started
+
+    tensors = {key: torch.cat(parts) for key, parts in chunks.items()}
+    tensors.update(x=x_all, labels=y_all, index=index)
+    diff = (tensors["x_adv"] - x_all).flatten(1)
+    ok = tensors["success"]
+    summary = {
+        "success_rate": ok.float().mean().item(),
+        "accuracy_on_adversarial": (tensors["adv_pred"] == y_all).float().mean().item(),
+        "median_l2_successful": diff[ok].norm(dim=1).median().item() if ok.any() else None,
+        "mean_linf_successful": diff[ok].abs().max(dim=1).values.mean().item() if ok.any() else None,
+        "mean_changed_features_successful": (diff[ok] != 0).sum(1).float().mean().item() if ok.any() else None,
+    }
+    info = {
+        "attack": args.attack, "settings": {**spec.defaults, **settings}, "eps": args.eps, "seed": args.seed,
+        "checkpoint": str(loaded.directory), "dataset": loaded.config.dataset, "objective": loaded.config.objective,
+        "split": args.split, "start": args.start, "n": args.n, "batch_size": batch_size, "device": str(device),
+        "seconds": seconds, "seconds_per_example": seconds / args.n, "summary": summary,
+        "rcedetect_version": __version__, "torch_version": torch.__version__,
+    }
+    path = save_adversarial(args.out, tensors, info)
+    l2 = summary["median_l2_successful"]
+    print(f"{args.attack}: {args.n} examples, success {summary['success_rate']:.1%}, "
+          f"accuracy on adversarial {summary['accuracy_on_adversarial']:.1%}, "
+          f"median L2 {'n/a' if l2 is None else f'{l2:.3f}'}, {seconds / args.n:.3g} s/example -> {path}")
+    return 0

@@ -1,0 +1,228 @@
+"""The paper's figures as PNGs, drawn from the cell JSON only (matplotlib, Agg backend).
+
+    make_figures(records, out_dir) -> {figure name: path}
+
+`records` maps cell names to the records of `CellStore.records()`. A figure whose cells are missing
+is skipped (a partial run still renders what it has).
+"""
+
+from pathlib import Path
+
+import numpy as np
+
+COLORS = {"ce": "#d62728", "rce": "#1f77b4"}
+LABELS = {"ce": "CE", "rce": "RCE"}
+ATTACK_NAMES = {"fgsm": "FGSM", "bim": "BIM", "ilcm": "ILCM", "jsma": "JSMA", "cw": "C&W", "cw-hc": "C&W-hc",
+                "cw-wb": "C&W-wb"}
+METRIC_NAMES = {"confidence": "Confidence", "non-me": "non-ME", "kd": "K-density"}
+OBJECTIVES = ("ce", "rce")
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)  # files only, never a window (also on machines with a display)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _result(records, name):
+    record = records.get(name)
+    return None if record is None else record["result"]
+
+
+def _save(fig, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    _plt().close(fig)
+    return path
+
+
+def _depth(records, objective="ce"):
+    """Depth of the main (attacked) model: the smaller of the trained depths."""
+    depths = [r["result"]["depth"] for name, r in records.items() if name.startswith("train.")]
+    return min(depths) if depths else 32
+
+
+def figure1_tsne(records, out: Path):
+    results = [_result(records, f"tsne.{o}") for o in OBJECTIVES]
+    if any(r is None for r in results):
+        return None
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.8))
+    cmap = plt.get_cmap("tab10")
+    for ax, obj, res in zip(axes, OBJECTIVES, results):
+        labels = np.asarray(res["labels"])
+        ax.scatter(res["x"], res["y"], c=[cmap(int(l)) for l in labels], s=4, linewidths=0)
+        ax.set_title(f"ResNet-{_depth(records, obj)} ({LABELS[obj]}): t-SNE of {res['n']} test features")
+        ax.set_xticks([])
+        ax.set_yticks([])
+    handles = [plt.Line2D([], [], marker="o", ls="", color=cmap(i), label=str(i)) for i in range(10)]
+    fig.legend(handles=handles, loc="center right", title="class", fontsize=8)
+    return _save(fig, out / "figure1_tsne.png")
+
+
+def figure3_accuracy(records, out: Path):
+    attacks = [a for a in ("fgsm", "bim", "ilcm", "jsma")
+               if all(_result(records, f"fig3.{a}.{o}") is not None for o in OBJECTIVES)]
+    if not attacks:
+        return None
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(attacks), figsize=(3.6 * len(attacks), 3.4), squeeze=False)
+    for ax, attack in zip(axes[0], attacks):
+        for obj in OBJECTIVES:
+            res = _result(records, f"fig3.{attack}.{obj}")
+            ax.plot(res["eps"], np.asarray(res["accuracy"]) * 100, "o-", color=COLORS[obj],
+                    label=f"ResNet-{_depth(records, obj)} ({LABELS[obj]})")
+        res = _result(records, f"fig3.{attack}.ce")
+        ax.set_title(f"{ATTACK_NAMES[attack]} (n = {res['n']})")
+        ax.set_xlabel("theta (per-feature offset)" if res.get("x_axis") == "theta" else "eps (L-inf, [0, 1] units)")
+        ax.set_ylabel("accuracy on adversarial examples (%)")
+        ax.set_ylim(-2, 102)
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    return _save(fig, out / "figure3_accuracy_vs_eps.png")
+
+
+def figure4_examples(records, out: Path):
+    results = [_result(records, f"table3.k0.{o}") for o in OBJECTIVES]
+    if any(r is None or "figure4" not in r for r in results):
+        return None
+    plt = _plt()
+    clean = np.asarray(results[0]["figure4"]["clean"], dtype=np.uint8)
+    rows = [("Normal", clean, None)] + [
+        (LABELS[o], np.asarray(r["figure4"]["adversarial"], dtype=np.uint8), r["figure4"]) for o, r in zip(OBJECTIVES, results)]
+    k = clean.shape[0]
+    fig, axes = plt.subplots(3, k, figsize=(1.3 * k, 4.3), squeeze=False)
+    for row, (name, images, info) in enumerate(rows):
+        for col in range(k):
+            ax = axes[row][col]
+            img = images[col]
+            ax.imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap="gray" if img.shape[-1] == 1 else None,
+                      vmin=0, vmax=255)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if info is not None:
+                ax.set_title(f"{info['distortion'][col]:.1f}", fontsize=7)
+            if col == 0:
+                ax.set_ylabel(name)
+    fig.suptitle("C&W-wb examples (title: RMS distortion, 0-255 scale)", fontsize=9)
+    return _save(fig, out / "figure4_cwwb_examples.png")
+
+
+def appendix_figure1_rand(records, out: Path):
+    results = [_result(records, f"rand.{o}") for o in OBJECTIVES]
+    if any(r is None for r in results):
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(4.8, 3.4))
+    for obj, res in zip(OBJECTIVES, results):
+        order = np.argsort(res["eps"])
+        ax.plot(np.asarray(res["eps"])[order], np.asarray(res["error"])[order] * 100, "o-", color=COLORS[obj],
+                label=f"ResNet-{_depth(records, obj)} ({LABELS[obj]})")
+    ax.axvline(0.04, color="gray", ls=":", lw=1, label="paper's eps = 0.04")
+    ax.set_xlabel("RAND noise eps (U(-eps, eps), [0, 1] units)")
+    ax.set_ylabel("test error (%)")
+    ax.set_title(f"Error on noisy examples (n = {results[0]['n']})")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, out / "appendix_figure1_rand.png")
+
+
+def _counted_kd(res):
+    pe = res["per_example"]
+    label, clean, adv = (np.asarray(pe[k]) for k in ("label", "clean_pred", "adv_pred"))
+    mask = (clean == label) & (adv != label)
+    return np.asarray(pe["adv_scores"]["kd"])[mask]
+
+
+def appendix_figures2_3_histograms(records, out: Path):
+    if any(_result(records, f"rand.{o}") is None for o in OBJECTIVES):
+        return None
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    for ax, obj in zip(axes, OBJECTIVES):
+        hist = _result(records, f"rand.{obj}")["hist"]
+        series = [("normal", np.asarray(hist["kd_clean"])), (f"noisy (RAND {hist['eps']:g})", np.asarray(hist["kd_noisy"]))]
+        for attack in ("fgsm", "bim", "ilcm", "jsma", "cw", "cw-hc"):
+            res = _result(records, f"table2.{attack}.{obj}")
+            if res is not None and "per_example" in res:
+                values = _counted_kd(res)
+                if values.size:
+                    series.append((ATTACK_NAMES[attack], values))
+        lo = min(v.min() for _, v in series)
+        hi = max(v.max() for _, v in series)
+        bins = np.linspace(lo, hi, 40) if hi > lo else 10
+        for i, (name, values) in enumerate(series):
+            style = {"histtype": "stepfilled", "alpha": 0.35} if i < 2 else {"histtype": "step", "lw": 1.3}
+            ax.hist(values, bins=bins, label=f"{name} ({values.size})", **style)
+        ax.set_xlabel("log K-density (natural log)")
+        ax.set_ylabel("number of images")
+        ax.set_title(f"ResNet-{_depth(records, obj)} ({LABELS[obj]})")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return _save(fig, out / "appendix_figures2_3_kd_histograms.png")
+
+
+def appendix_figure4_fixed_c(records, out: Path):
+    results = [_result(records, f"cwc.{o}") for o in OBJECTIVES]
+    if any(r is None for r in results):
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(4.8, 3.4))
+    for obj, res in zip(OBJECTIVES, results):
+        ax.plot(res["c"], np.asarray(res["accuracy"]) * 100, "o-", color=COLORS[obj],
+                label=f"ResNet-{_depth(records, obj)} ({LABELS[obj]})")
+    ax.set_xscale("log")
+    ax.set_xlabel("C&W constant c (no binary search)")
+    ax.set_ylabel("accuracy under C&W (%)")
+    ax.set_title(f"C&W with a fixed c (n = {results[0]['n']})")
+    ax.set_ylim(-2, 102)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, out / "appendix_figure4_cw_fixed_c.png")
+
+
+def adaptive_curve(records, out: Path):
+    results = [_result(records, f"adaptive.{o}") for o in OBJECTIVES]
+    if any(r is None for r in results):
+        return None
+    plt = _plt()
+    metrics = list(results[0]["robust_accuracy_with_rejection"])
+    fig, axes = plt.subplots(1, len(metrics), figsize=(3.8 * len(metrics), 3.4), squeeze=False)
+    for ax, metric in zip(axes[0], metrics):
+        for obj, res in zip(OBJECTIVES, results):
+            ax.plot(res["eps"], np.asarray(res["robust_accuracy_with_rejection"][metric]) * 100, "o-",
+                    color=COLORS[obj], label=f"ResNet-{_depth(records, obj)} ({LABELS[obj]})")
+        ax.set_title(f"{METRIC_NAMES.get(metric, metric)} detector, FPR {100 * results[0]['fpr']:g} %")
+        ax.set_xlabel("eps (L-inf)")
+        ax.set_ylabel("robust accuracy with rejection (%)")
+        ax.set_ylim(-2, 102)
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    return _save(fig, out / "adaptive_attack_curve.png")
+
+
+FIGURES = {
+    "figure1": figure1_tsne,
+    "figure3": figure3_accuracy,
+    "figure4": figure4_examples,
+    "appendix_figure1": appendix_figure1_rand,
+    "appendix_figures2_3": appendix_figures2_3_histograms,
+    "appendix_figure4": appendix_figure4_fixed_c,
+    "adaptive": adaptive_curve,
+}
+
+
+def make_figures(records: dict, out_dir) -> dict:
+    """Draw every figure whose cells exist into `out_dir`; returns {figure name: path}."""
+    out = Path(out_dir)
+    made = {}
+    for name, draw in FIGURES.items():
+        path = draw(records, out)
+        if path is not None:
+            made[name] = path
+    return made
