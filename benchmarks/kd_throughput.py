@@ -110,7 +110,8 @@ def main():
           f"sklearn float64 {rel_err(sk):.2e}")
     print(f"whole batch:     rcedetect {whole[1] * 1e3:8.2f} ms (1 thread), {whole[threads] * 1e3:8.2f} ms "
           f"({threads} threads); sklearn {sk_whole * 1e3:9.2f} ms")
-    print(f"sum of per-class bests (1 thread each): rcedetect {ours_pieces * 1e3:8.2f} ms, sklearn {sk_pieces * 1e3:9.2f} ms")
+    print(f"sum of per-class bests (1 thread each): rcedetect {ours_pieces * 1e3:8.2f} ms, "
+          f"sklearn {sk_pieces * 1e3:9.2f} ms")
     print(f"speed-up vs sklearn: {sk_pieces / ours_pieces:.0f}x per-class bests (1 thread each), "
           f"{sk_whole / whole[1]:.0f}x whole batch (1 thread), {sk_whole / whole[threads]:.0f}x whole batch "
           f"({threads} threads)")

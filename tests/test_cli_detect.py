@@ -105,7 +105,7 @@ def test_detect_fits_once_then_loads(checkpoint, tmp_path, capsys, mnist_test):
         assert row["prediction"] == (row["predicted_class"] if row["accepted"] else "NOT SURE")
     saved = json.loads((checkpoint / "detector-kd.json").read_text())
     assert saved["metric_params"]["bandwidth_sq"] == pytest.approx(0.1 / 0.26)  # RCE default
-    assert saved["metadata"]["calibration"] == {"split": "test", "start": 0, "stop": 200}
+    assert saved["metadata"]["calibration"] == {"split": "test", "permutation_seed": 0, "start": 0, "stop": 200}
     stamp = (checkpoint / "detector-kd.safetensors").stat().st_mtime_ns
     assert main(args) == 0  # loads: nothing rewritten, same answer
     assert json.loads(capsys.readouterr().out) == first

@@ -20,7 +20,8 @@ from rcedetect.evaluation.threat_models import adaptive_curve, summarize_white_b
 
 N_PER_CLASS = 150
 BANK = 50
-CW = {"binary_search_steps": 3, "max_iters": 100, "lr": 0.1, "initial_const": 1.0}
+CW = {"binary_search_steps": 2, "max_iters": 80, "lr": 0.1, "initial_const": 1.0}
+CW_TRANSFER = {"binary_search_steps": 1, "max_iters": 60, "lr": 0.1, "initial_const": 1.0}
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +45,7 @@ def kds(tiny_models, train_set):
 @pytest.fixture(scope="module")
 def batch(mnist_test):
     # Held out from everything the detectors were fitted or calibrated on.
-    x, y = mnist_test.float_images(slice(5000, 5010)), mnist_test.labels[5000:5010].clone()
+    x, y = mnist_test.float_images(slice(5000, 5008)), mnist_test.labels[5000:5008].clone()
     return x, y
 
 
@@ -94,9 +95,8 @@ def test_eta_and_f2_match_float64_brute_force(kds):
 
 
 # ----------------------------------------------------------------------------------------- C&W-wb
-@pytest.mark.parametrize("objective", ["ce", "rce"])
-def test_cw_wb_fools_kd_where_plain_cw_does_not(tiny_models, kds, batch, objective):
-    model, kd = tiny_models[objective], kds[objective]
+def test_cw_wb_fools_kd_where_plain_cw_does_not(tiny_models, kds, batch):
+    model, kd = tiny_models["ce"], kds["ce"]
     x, y = batch
     target = random_targets(y, 10, seed=1)
     plain = cw_l2(model, x, y, target=target, **CW)
@@ -112,7 +112,7 @@ def test_cw_wb_fools_kd_where_plain_cw_does_not(tiny_models, kds, batch, objecti
         f2_wb = f2_loss(sub, out.features, target, eta)
     torch.testing.assert_close(f2_wb, wb.f2_attack)
     detected = plain.success & (f2_plain > 0)
-    assert detected.sum() >= 4, f"plain C&W should leave f2 > 0 on most inputs, got {f2_plain}"
+    assert detected.sum() >= 5, f"plain C&W should leave f2 > 0 on most inputs, got {f2_plain}"
     fooled_both = (wb.f2_attack[detected] <= 0) & wb.fooled[detected]
     assert fooled_both.float().mean() >= 0.7, (f2_plain, wb.f2_attack, wb.fooled)
     # In the box, and `fooled` / `success` agree with the model and the full-bank f2.
@@ -234,7 +234,7 @@ def test_transfer_uses_the_targets_detector_only(tiny_models, kds, batch, mnist_
     target_detector = ThresholdDetector(kds["rce"], fpr=0.05).calibrate(calibration)
     spy = _SpyDetector(target_detector)
     x, y = batch
-    row = transfer_row(substitute, sub_kd, target, spy, x, y, attack_bank_size=BANK, **CW)
+    row = transfer_row(substitute, sub_kd, target, spy, x, y, attack_bank_size=BANK, **CW_TRANSFER)
     assert row["n_fed"] >= 1 and len(spy.calls) == 2, row
     fed = torch.tensor(row["fed_index"])
     # Both scored batches are the TARGET network's outputs (its own last layer maps features to logits),

@@ -6,8 +6,9 @@
 The detector is fitted on first use and saved beside the checkpoint (detector-<metric>.json +
 .safetensors), so later calls only load it:
   * K-density bank: a seeded subset of `--n-per-class` training images per true class;
-  * threshold: rejects `--fpr` of the first `--calibration-size` clean test images (held out from
-    training; `--report` measures the rejection rate on the next `--calibration-size` test images).
+  * threshold: rejects `--fpr` of `--calibration-size` clean test images, the first ones of a
+    permutation seeded by `--split-seed` (held out from training; `--report` measures the rejection
+    rate on the next `--calibration-size` images of that permutation).
 A saved detector is reused when the checkpoint's weights (sha256) and the fit settings match; a
 different `--fpr` only moves the threshold (the clean calibration scores are stored), `--refit`
 forces a new fit.
@@ -56,8 +57,11 @@ def register(subparsers) -> None:
     parser.add_argument("--bandwidth-sq", type=float, default=None,
                         help="K-density σ² (default: 1/0.26 for CE, 0.1/0.26 for RCE checkpoints)")
     parser.add_argument("--calibration-size", type=int, default=5000,
-                        help="clean test images that set the threshold (default: 5000; --report evaluates on "
-                             "the next as many)")
+                        help="clean test images (of a seeded permutation) that set the threshold (default: 5000; "
+                             "--report evaluates on the next as many)")
+    parser.add_argument("--split-seed", type=int, default=0,
+                        help="seed of the test-set permutation whose first --calibration-size images set the "
+                             "threshold (default: 0)")
     parser.add_argument("--batch-size", type=int, default=500)
     add_device_argument(parser)
     add_data_dir_argument(parser)
@@ -195,6 +199,13 @@ class _Session:
                                                  device=self.device)
         return self._outputs[key]
 
+    def test_order(self) -> torch.Tensor:
+        """A seeded permutation of the test set. Its first `--calibration-size` images set thresholds and
+        `--report` measures on the next as many: random halves are exchangeable, MNIST's own halves are
+        not (its first 5 000 test digits are cleaner than the last 5 000)."""
+        n_test = len(self.dataset("test"))
+        return torch.randperm(n_test, generator=torch.Generator().manual_seed(self.args.split_seed))
+
     def calibration_range(self):
         n_test = len(self.dataset("test"))
         size = self.args.calibration_size
@@ -202,9 +213,11 @@ class _Session:
             raise InputError(f"--calibration-size must be between 1 and {n_test - 1}, got {size}")
         return 0, size
 
+    def test_outputs(self, start, stop):
+        return self.outputs("test", self.test_order()[start:stop], ("test", self.args.split_seed, start, stop))
+
     def calibration_outputs(self):
-        start, stop = self.calibration_range()
-        return self.outputs("test", slice(start, stop), ("test", start, stop))
+        return self.test_outputs(*self.calibration_range())
 
     def new_metric(self, name):
         from ..detectors import METRICS
@@ -218,7 +231,8 @@ class _Session:
         start, stop = self.calibration_range()
         return {"checkpoint_sha256": self.weights_sha256, "dataset": self.config.dataset,
                 "objective": self.config.objective, "metric_params": self.new_metric(name).params(),
-                "calibration": {"split": "test", "start": start, "stop": stop}}
+                "calibration": {"split": "test", "permutation_seed": self.args.split_seed, "start": start,
+                                "stop": stop}}
 
     def detector(self, name):
         """Load the saved detector when its fit settings match, else fit and save one."""
@@ -272,14 +286,14 @@ def _report(session) -> dict:
     n_test = len(session.dataset("test"))
     eval_stop = min(n_test, stop + (stop - start))
     test = session.dataset("test")
-    eval_out = session.outputs("test", slice(stop, eval_stop), ("test", stop, eval_stop))
-    eval_labels = test.labels[stop:eval_stop]
+    eval_out = session.test_outputs(stop, eval_stop)
+    eval_labels = test.labels[session.test_order()[stop:eval_stop]]
     correct = eval_out.logits.argmax(1) == eval_labels
     report = {
         "checkpoint": str(session.ckpt.directory), "dataset": session.config.dataset,
         "objective": session.config.objective, "depth": session.config.depth, "fpr": args.fpr,
-        "calibration": {"split": "test", "start": start, "stop": stop},
-        "evaluation": {"split": "test", "start": stop, "stop": eval_stop,
+        "calibration": {"split": "test", "permutation_seed": args.split_seed, "start": start, "stop": stop},
+        "evaluation": {"split": "test", "permutation_seed": args.split_seed, "start": stop, "stop": eval_stop,
                        "accuracy": float(correct.float().mean())},
         "metrics": {},
     }
@@ -306,10 +320,11 @@ def _report(session) -> dict:
 
 
 def _print_report(report: dict) -> None:
+    cal, ev = report["calibration"], report["evaluation"]
     print(f"{report['checkpoint']}: ResNet-{report['depth']} + {report['objective'].upper()} on {report['dataset']}, "
-          f"threshold from clean test[{report['calibration']['start']}:{report['calibration']['stop']}] at "
-          f"fpr {report['fpr']:g}, measured on clean test[{report['evaluation']['start']}:"
-          f"{report['evaluation']['stop']}] (accuracy {100 * report['evaluation']['accuracy']:.2f} %)")
+          f"threshold from clean test images perm[{cal['start']}:{cal['stop']}] at fpr {report['fpr']:g}, "
+          f"measured on perm[{ev['start']}:{ev['stop']}] (seed {cal['permutation_seed']}; "
+          f"accuracy {100 * ev['accuracy']:.2f} %)")
     head = " ".join(f"q{q:g}".rjust(11) for q in REPORT_QUANTILES)
     print(f"{'metric':<11}{'threshold':>12}{'rejected':>10} {head}")
     for name, m in report["metrics"].items():

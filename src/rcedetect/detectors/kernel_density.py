@@ -203,7 +203,8 @@ class KernelDensity:
         if n == 0:
             return features.new_zeros(0)
         if int(classes.min()) < 0 or int(classes.max()) >= self.num_classes:
-            raise InputError(f"classes must lie in [0, {self.num_classes}), got {int(classes.min())}..{int(classes.max())}")
+            raise InputError(f"classes must lie in [0, {self.num_classes}), "
+                             f"got {int(classes.min())}..{int(classes.max())}")
         banks = self._banks(features.device, features.dtype)
         present = classes.unique()
         if present.numel() == 1:
@@ -289,7 +290,8 @@ def select_bandwidth(train_output, train_labels, validation_output, validation_l
             if adversarial_output is None:
                 classes = (validation_output.logits.argmax(1) if validation_labels is None
                            else torch.as_tensor(validation_labels))
-                ll = kd.log_density_for_class(validation_output.features, classes) - kd.log_normalizer(features.shape[1])
+                ll = (kd.log_density_for_class(validation_output.features, classes)
+                      - kd.log_normalizer(features.shape[1]))
                 table[float(bw)] = float(ll.double().mean())
             else:
                 clean = kd.log_density(validation_output).double().cpu().numpy()

@@ -66,7 +66,8 @@ def load_detector(directory, metric_name: str):
     """
     json_path, tensor_path = detector_paths(directory, metric_name)
     if not json_path.exists() or not tensor_path.exists():
-        raise CheckpointError(f"no saved {metric_name!r} detector in {directory}: fit one (rcedetect detect fits on first use)")
+        raise CheckpointError(f"no saved {metric_name!r} detector in {directory}: "
+                              f"fit one (rcedetect detect fits on first use)")
     try:
         info = json.loads(json_path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
@@ -74,7 +75,8 @@ def load_detector(directory, metric_name: str):
     if info.get("format") != FORMAT or info.get("metric") != metric_name or metric_name not in METRIC_TYPES:
         raise CheckpointError(f"{json_path} is not a {metric_name!r} detector of format {FORMAT}: refit with --refit")
     if info.get("tensors_sha256") != _sha256(tensor_path):
-        raise CheckpointError(f"{tensor_path} does not match {json_path.name} (a partial or foreign write): refit with --refit")
+        raise CheckpointError(f"{tensor_path} does not match {json_path.name} (a partial or foreign write): "
+                              f"refit with --refit")
     tensors, _ = read_tensors(tensor_path)
     metric_tensors = {k[len("metric."):]: v for k, v in tensors.items() if k.startswith("metric.")}
     try:

@@ -59,7 +59,8 @@ def counting_mask(labels, clean_predictions, adversarial_predictions) -> np.ndar
     clean = _array(clean_predictions, "clean_predictions", np.int64)
     adv = _array(adversarial_predictions, "adversarial_predictions", np.int64)
     if not (y.shape == clean.shape == adv.shape):
-        raise InputError(f"labels {y.shape}, clean {clean.shape} and adversarial {adv.shape} predictions differ in length")
+        raise InputError(f"labels {y.shape}, clean {clean.shape} and adversarial {adv.shape} predictions "
+                         f"differ in length")
     return (clean == y) & (adv != y)
 
 

@@ -9,10 +9,13 @@ import torch
 from ..errors import InputError
 
 
+def _float64(x) -> np.ndarray:
+    return x.detach().cpu().double().numpy() if torch.is_tensor(x) else np.asarray(x, np.float64)
+
+
 def distortion(adversarial, clean, *, scale: float = 255.0) -> np.ndarray:
     """Per-example RMS distortion (N,) float64; inputs (N, ...) in [0, 1] are multiplied by `scale`."""
-    a = adversarial.detach().cpu().double().numpy() if torch.is_tensor(adversarial) else np.asarray(adversarial, np.float64)
-    c = clean.detach().cpu().double().numpy() if torch.is_tensor(clean) else np.asarray(clean, np.float64)
+    a, c = _float64(adversarial), _float64(clean)
     if a.shape != c.shape or a.ndim < 2:
         raise InputError(f"adversarial {a.shape} and clean {c.shape} must have the same shape (N, ...)")
     diff = (a - c).reshape(a.shape[0], -1) * scale

@@ -64,6 +64,23 @@ def _check_batch(x, y):
                          f"{getattr(y, 'shape', y)}")
 
 
+def run_cw_wb(model, detector, x, y, *, seed: int = 0, batch_size=None, **attack_settings):
+    """`cw_wb` over `x` in batches of `batch_size` (all at once when None); batch b (starting at row
+    `begin`) uses seed `seed + begin`, so results do not depend on the batch size only when it is None
+    or >= N. Returns a `CWWBResult` of the whole set."""
+    if batch_size is None or batch_size >= x.shape[0]:
+        return cw_wb(model, x, y, detector, seed=seed, **attack_settings)
+    if batch_size < 1:
+        raise InputError(f"batch_size must be >= 1, got {batch_size}")
+    target = attack_settings.pop("target", None)
+    parts = []
+    for begin in range(0, x.shape[0], batch_size):
+        stop = begin + batch_size
+        parts.append(cw_wb(model, x[begin:stop], y[begin:stop], detector, seed=seed + begin,
+                           target=None if target is None else target[begin:stop], **attack_settings))
+    return type(parts[0])(*(torch.cat(field) for field in zip(*parts)))
+
+
 # ------------------------------------------------------------------------------ Table 3 / Table 2
 def summarize_white_box(result, x: torch.Tensor, y: torch.Tensor, clean_prediction: torch.Tensor) -> dict:
     """Table 3 numbers from a `CWWBResult` on clean images `x`, labels `y`.
@@ -101,17 +118,19 @@ def summarize_white_box(result, x: torch.Tensor, y: torch.Tensor, clean_predicti
 
 
 def white_box_row(model, detector, x: torch.Tensor, y: torch.Tensor, *, kappa: float = 0.0, seed: int = 0,
-                  target=None, **attack_settings) -> dict:
+                  target=None, batch_size=None, **attack_settings) -> dict:
     """One row of Table 3 (kappa=0, C&W-wb) or appendix Table 2 (kappa=5, C&W-wb-hc).
 
     Runs `cw_wb(model, x, y, detector, kappa=kappa, seed=seed, target=target, **attack_settings)`
     (`detector`: fitted K-density, bare or in a ThresholdDetector) and returns
-    `summarize_white_box(...)` plus `kappa`, the attack settings and the wall time.
+    `summarize_white_box(...)` plus `kappa`, the attack settings and the wall time; `batch_size`
+    splits the attack as `run_cw_wb` does.
     """
     _check_batch(x, y)
     clean_prediction = _outputs(model, x).logits.argmax(1)
     start = time.perf_counter()
-    result = cw_wb(model, x, y, detector, kappa=kappa, seed=seed, target=target, **attack_settings)
+    result = run_cw_wb(model, detector, x, y, kappa=kappa, seed=seed, target=target, batch_size=batch_size,
+                       **attack_settings)
     seconds = time.perf_counter() - start
     row = summarize_white_box(result, x, y, clean_prediction)
     row.update({"kappa": float(kappa), "seed": int(seed), "attack_settings": dict(attack_settings),
@@ -162,7 +181,7 @@ def transfer_row(substitute, substitute_detector, target_model, target_detector,
 
 
 def transfer_table(substitutes: Mapping, targets: Mapping, x: torch.Tensor, y: torch.Tensor, *,
-                   kappa: float = 0.0, seed: int = 0, **attack_settings) -> dict:
+                   kappa: float = 0.0, seed: int = 0, batch_size=None, **attack_settings) -> dict:
     """Table 4: every substitute x target pair (Pang et al. 2018, section 4.5).
 
     substitutes: {name: (model, fitted K-density detector)} the attacker's models; C&W-wb is run once
@@ -175,11 +194,12 @@ def transfer_table(substitutes: Mapping, targets: Mapping, x: torch.Tensor, y: t
     """
     _check_batch(x, y)
     out = {"substitutes": {}, "pairs": {}, "kappa": float(kappa), "seed": int(seed),
-           "attack_settings": dict(attack_settings)}
+           "attack_settings": dict(attack_settings), "batch_size": batch_size}
     for sub_name, (sub_model, sub_detector) in substitutes.items():
         clean_prediction = _outputs(sub_model, x).logits.argmax(1)
         start = time.perf_counter()
-        result = cw_wb(sub_model, x, y, sub_detector, kappa=kappa, seed=seed, **attack_settings)
+        result = run_cw_wb(sub_model, sub_detector, x, y, kappa=kappa, seed=seed, batch_size=batch_size,
+                           **attack_settings)
         summary = summarize_white_box(result, x, y, clean_prediction)
         summary["seconds"] = time.perf_counter() - start
         out["substitutes"][sub_name] = summary

@@ -73,7 +73,9 @@ def figure3_accuracy(records, out: Path):
     for ax, attack in zip(axes[0], attacks):
         for obj in OBJECTIVES:
             res = _result(records, f"fig3.{attack}.{obj}")
-            ax.plot(res["eps"], np.asarray(res["accuracy"]) * 100, "o-", color=COLORS[obj],
+            # eps = 0 is the clean accuracy of the same images.
+            ax.plot([0.0] + list(res["eps"]), np.asarray([res["clean_accuracy"]] + list(res["accuracy"])) * 100,
+                    "o-", color=COLORS[obj],
                     label=f"ResNet-{_depth(records, obj)} ({LABELS[obj]})")
         res = _result(records, f"fig3.{attack}.ce")
         ax.set_title(f"{ATTACK_NAMES[attack]} (n = {res['n']})")
@@ -196,6 +198,8 @@ def adaptive_curve(records, out: Path):
         for obj, res in zip(OBJECTIVES, results):
             ax.plot(res["eps"], np.asarray(res["robust_accuracy_with_rejection"][metric]) * 100, "o-",
                     color=COLORS[obj], label=f"ResNet-{_depth(records, obj)} ({LABELS[obj]})")
+            ax.plot(res["eps"], np.asarray(res["undefended_robust_accuracy"]) * 100, ":", color=COLORS[obj],
+                    label=f"{LABELS[obj]}, no detector")
         ax.set_title(f"{METRIC_NAMES.get(metric, metric)} detector, FPR {100 * results[0]['fpr']:g} %")
         ax.set_xlabel("eps (L-inf)")
         ax.set_ylabel("robust accuracy with rejection (%)")

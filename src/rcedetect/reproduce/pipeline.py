@@ -32,7 +32,7 @@ as F(x)_y, without float32 ties at 1.0); distortion is sqrt(mean((x* - x)^2)) on
 import hashlib
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -164,8 +164,10 @@ class Reproduction:
         return f"resnet{self.preset.depths[which]}-{objective}"
 
     def train_config(self, which: int, objective: str):
-        return preset_config(self.dataset, objective, self.preset.train_preset, depth=self.preset.depths[which],
-                             steps=self.preset.train_steps[which], seed=self.seed)
+        config = preset_config(self.dataset, objective, self.preset.train_preset, depth=self.preset.depths[which],
+                               steps=self.preset.train_steps[which], seed=self.seed)
+        batch = self.preset.train_batch_size[which]
+        return config if batch is None else replace(config, batch_size=batch)
 
     def model_identity(self, which: int, objective: str) -> dict:
         return self.train_config(which, objective).to_json_dict()
@@ -531,9 +533,10 @@ class Reproduction:
         def train_cells(which):
             depth = p.depths[which]
             for obj in OBJECTIVES:
-                steps = self.train_config(which, obj).steps
+                tc = self.train_config(which, obj)
                 add(f"train.{self.tag(which, obj)}", {"dataset": ds, "model": self.model_identity(which, obj)},
-                    lambda w=which, o=obj: self._train_cell(w, o), steps * unit_cost("train_step", ds, depth) + 2)
+                    lambda w=which, o=obj: self._train_cell(w, o),
+                    tc.steps * unit_cost("train_step", ds, depth) * tc.batch_size / 128 + 2)
             for obj in OBJECTIVES:
                 n_bank = p.kd_per_class * DATASETS[ds].num_classes
                 add(f"detector.{self.tag(which, obj)}",
@@ -585,11 +588,12 @@ class Reproduction:
                 grad(small, p.cw_fixed_n * len(p.cw_fixed_c) * p.cw_fixed_settings.get("max_iters", 1000)
                      * EARLY_ABORT) * 1.5 + 1)
         adaptive = p.adaptive_settings
+        method_cost = sum({"logit": 1.0}.get(m, 1.6) for m in adaptive.get("methods", ("logit",)))
+        adaptive_cost = grad(small, p.adaptive_n * sum(1 for e in p.adaptive_eps if e > 0) * adaptive.get("steps", 100)
+                             * adaptive.get("restarts", 1) * (len(p.adaptive_metrics) * method_cost + 1)) + 1
         for obj in OBJECTIVES:
             add(f"adaptive.{obj}", threat_cells.adaptive_config(self, obj),
-                lambda o=obj: threat_cells.adaptive_cell(self, o),
-                grad(small, p.adaptive_n * len(p.adaptive_eps) * len(p.adaptive_metrics)
-                     * adaptive.get("steps", 10) * adaptive.get("restarts", 1)) * 1.2 + 1)
+                lambda o=obj: threat_cells.adaptive_cell(self, o), adaptive_cost)
         return cells
 
     def estimate_seconds(self) -> float:

@@ -1,0 +1,131 @@
+"""Seconds per example of C&W-wb (issue 5) on this machine, next to the paper's 700-1300 s on a P100
+(appendix Table 1, 9 binary steps x 10 000 iterations).
+
+    .venv/bin/python benchmarks/cw_wb_speed.py CHECKPOINT [--n-small 20 --small-iters 100
+        --n-full 2 --full-cap 240 --threads 0]
+
+1. Scaled-down budget: both phases 9 binary steps x `--small-iters` Adam iterations on `--n-small`
+   images in one batch; also plain C&W-L2 (phase 1 alone) with the same budget in the same process,
+   and the ratio.
+2. Full budget (9 x 10 000 per phase) on `--n-full` images in one batch, stopped after `--full-cap`
+   seconds. If it finishes, the time is measured; if not, we print the elapsed time as a lower bound
+   and an upper bound = (measured seconds per iteration) x (the iterations left if no example ever
+   aborts early), both clearly labelled.
+The K-density detector is the one `rcedetect detect` fits beside the checkpoint (1000 per class).
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import torch
+
+from rcedetect.attacks import cw_l2, random_targets
+from rcedetect.attacks.cw_wb import cw_wb
+
+
+class _Deadline(Exception):
+    pass
+
+
+class CountingModel(torch.nn.Module):
+    """Counts forward passes (= Adam iterations of the batch) and stops the run after `cap` seconds."""
+
+    def __init__(self, inner, cap=None):
+        super().__init__()
+        self.inner, self.cap, self.calls, self.started = inner, cap, 0, time.perf_counter()
+        self.num_classes = inner.num_classes
+
+    def _tick(self):
+        self.calls += 1
+        if self.cap is not None and time.perf_counter() - self.started > self.cap:
+            raise _Deadline
+
+    def forward(self, x):
+        self._tick()
+        return self.inner(x)
+
+    def forward_features(self, x):
+        self._tick()
+        return self.inner.forward_features(x)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("checkpoint")
+    parser.add_argument("--n-small", type=int, default=20)
+    parser.add_argument("--small-iters", type=int, default=100)
+    parser.add_argument("--n-full", type=int, default=2)
+    parser.add_argument("--full-cap", type=float, default=240.0, help="seconds before the full run is stopped")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--start", type=int, default=5000)
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    from types import SimpleNamespace
+
+    from rcedetect.checkpoints import load_checkpoint
+    from rcedetect.cli._threat_models import detector_for
+    from rcedetect.data import load_dataset
+
+    loaded = load_checkpoint(args.checkpoint)
+    model = loaded.model
+    opts = SimpleNamespace(data_dir=None, refit=False, fpr=0.05, n_per_class=1000, calibration_size=5000, batch_size=500)
+    kd = detector_for(loaded, "kd", opts, torch.device("cpu"))
+    data = load_dataset(loaded.config.dataset, "test")
+    n = max(args.n_small, args.n_full)
+    x, y = data.float_images(slice(args.start, args.start + n)), data.labels[args.start:args.start + n]
+    target = random_targets(y, 10, 0)
+    report = {"checkpoint": str(loaded.directory), "objective": loaded.config.objective, "depth": loaded.config.depth,
+              "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(), "torch": torch.__version__}
+
+    small = {"binary_search_steps": 9, "max_iters": args.small_iters, "initial_const": 1.0}
+    xs, ys, ts = x[:args.n_small], y[:args.n_small], target[:args.n_small]
+    counter = CountingModel(model)
+    t0 = time.perf_counter()
+    res = cw_wb(counter, xs, ys, kd, target=ts, **small)
+    t_wb = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    cw_l2(model, xs, ys, target=ts, **small)
+    t_cw = time.perf_counter() - t0
+    report["scaled_down"] = {
+        "budget": f"9 x {args.small_iters} per phase", "n": args.n_small, "seconds": t_wb,
+        "seconds_per_example": t_wb / args.n_small, "forward_passes": counter.calls,
+        "seconds_per_batch_iteration": t_wb / counter.calls,
+        "success_percent": 100 * float(res.success.float().mean()),
+        "fooled_percent": 100 * float(res.fooled.float().mean()),
+        "plain_cw_seconds_per_example": t_cw / args.n_small, "ratio_cw_wb_over_cw": t_wb / t_cw,
+    }
+    print(json.dumps(report["scaled_down"], indent=2), flush=True)
+
+    full = {"binary_search_steps": 9, "max_iters": 10000, "initial_const": 1.0}
+    xf, yf, tf = x[:args.n_full], y[:args.n_full], target[:args.n_full]
+    counter = CountingModel(model, cap=args.full_cap)
+    t0 = time.perf_counter()
+    try:
+        res = cw_wb(counter, xf, yf, kd, target=tf, **full)
+        finished = True
+    except _Deadline:
+        finished = False
+    elapsed = time.perf_counter() - t0
+    per_iter = elapsed / max(counter.calls, 1)
+    max_iters = 2 * 9 * 10000  # both phases, no early abort
+    entry = {"budget": "9 x 10000 per phase (paper, appendix B.2)", "n": args.n_full, "finished": finished,
+             "seconds": elapsed, "forward_passes": counter.calls, "seconds_per_batch_iteration": per_iter}
+    if finished:
+        entry["seconds_per_example"] = elapsed / args.n_full
+        entry["success_percent"] = 100 * float(res.success.float().mean())
+    else:
+        entry["seconds_per_example_lower_bound"] = elapsed / args.n_full
+        entry["seconds_per_example_upper_bound_extrapolated"] = per_iter * max_iters / args.n_full
+    report["full"] = entry
+    print(json.dumps(entry, indent=2), flush=True)
+    print(json.dumps(report), file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

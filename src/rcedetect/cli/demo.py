@@ -1,0 +1,17 @@
+"""`rcedetect demo`: the quick MNIST reproduction (= reproduce --dataset mnist --preset quick)."""
+
+from .reproduce import add_reproduce_arguments, reproduce
+
+DEMO_OUT = "runs/demo-mnist-quick"
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "demo", help="quick end-to-end reproduction on MNIST (<= 20 min on 2 CPU cores), with its report",
+        description="Same as 'rcedetect reproduce --dataset mnist --preset quick --out runs/demo-mnist-quick'.")
+    add_reproduce_arguments(parser, out_default=DEMO_OUT)
+    parser.set_defaults(func=run)
+
+
+def run(args) -> int:
+    return reproduce("mnist", "quick", args)

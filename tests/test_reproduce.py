@@ -1,0 +1,213 @@
+"""`rcedetect reproduce` end to end at toy scale: every cell's JSON exists and is self-consistent, an
+interrupted run resumes to the same results, and the report renders. Plus one slow regression test
+against numbers stored from a quick-preset run (RobustBench's habit)."""
+
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import sklearn.metrics
+
+from rcedetect.cli import main
+from rcedetect.errors import InputError
+from rcedetect.reproduce import Reproduction, render_report
+from rcedetect.reproduce.figures import FIGURES
+
+REGRESSION = Path(__file__).parent / "regression" / "mnist_quick.json"
+# Wall-clock measurements: differ between two runs by nature, everything else must not.
+TIMING_KEYS = {"attack_seconds", "seconds_per_example", "train_seconds"}
+
+
+def _strip_timing(obj):
+    if isinstance(obj, dict):
+        return {k: _strip_timing(v) for k, v in obj.items() if k not in TIMING_KEYS}
+    if isinstance(obj, list):
+        return [_strip_timing(v) for v in obj]
+    return obj
+
+
+def _results(run_dir: Path) -> dict:
+    return {p.stem: _strip_timing(json.loads(p.read_text())["result"]) for p in sorted((run_dir / "cells").glob("*.json"))}
+
+
+@pytest.fixture(scope="module")
+def toy_run(tmp_path_factory, data_dir):
+    out = tmp_path_factory.mktemp("reproduce") / "toy"
+    rep = Reproduction("mnist", "toy", out, device="cpu", data_dir=data_dir, progress=False)
+    rep.run()
+    return rep
+
+
+def _unit(value):
+    return value is None or 0.0 <= value <= 1.0
+
+
+def test_every_cell_is_stored_with_config_and_provenance(toy_run):
+    for cell in toy_run.cells():
+        path = toy_run.store.path(cell.name)
+        assert path.exists(), f"missing {path}"
+        record = json.loads(path.read_text())
+        assert record["cell"] == cell.name
+        assert record["config"] == json.loads(json.dumps(cell.config))
+        assert record["seed"] == toy_run.preset.seed
+        prov = record["provenance"]
+        assert prov["wall_seconds"] >= 0 and prov["rcedetect_version"] and prov["device"].startswith("cpu")
+
+
+def test_table2_cells_are_consistent(toy_run):
+    checked_auc = 0
+    for cell in toy_run.cells():
+        if not cell.name.startswith("table2."):
+            continue
+        r = toy_run.store.load(cell.name)["result"]
+        pe = r["per_example"]
+        label, clean, adv = (np.asarray(pe[k]) for k in ("label", "clean_pred", "adv_pred"))
+        assert len(label) == r["n"] == cell.config["n"]
+        counted = (clean == label) & (adv != label)  # the paper's counting filter, recomputed
+        assert r["n_counted"] == int(counted.sum())
+        assert r["clean_accuracy"] == pytest.approx(np.mean(clean == label))
+        assert r["adversarial_accuracy"] == pytest.approx(np.mean(adv == label))
+        for metric, auc in r["auc"].items():
+            assert _unit(auc) and _unit(r["detection_rate"][metric])
+            assert _unit(r["robust_accuracy_with_rejection"][metric])
+            if r["n_counted"] == 0:
+                assert auc is None
+                continue
+            # Independent check: scikit-learn on the stored per-example scores of the counted pairs.
+            c = np.asarray(pe["clean_scores"][metric])[counted]
+            a = np.asarray(pe["adv_scores"][metric])[counted]
+            expected = sklearn.metrics.roc_auc_score(np.r_[np.ones(c.size), np.zeros(a.size)], np.r_[c, a])
+            assert auc == pytest.approx(expected, abs=1e-6)
+            checked_auc += 1
+        if r["n_counted"]:
+            dist = np.asarray(pe["distortion"])
+            assert r["distortion"] > 0
+            assert r["distortion"] == pytest.approx(dist[counted].mean(), rel=1e-5)
+        else:
+            assert r["distortion"] is None
+    assert checked_auc > 0, "no table-2 cell had counted pairs: the toy models are too weak to check anything"
+
+
+def test_figure_and_threat_cells_are_consistent(toy_run):
+    p = toy_run.preset
+    get = lambda name: toy_run.store.load(name)["result"]  # noqa: E731
+    for obj in ("ce", "rce"):
+        t = get(f"train.resnet{p.depths[0]}-{obj}")
+        assert 0.0 <= t["test_error"] <= 1.0 and t["steps"] == p.train_steps[0]
+        for attack in ("fgsm", "bim", "ilcm", "jsma"):
+            f = get(f"fig3.{attack}.{obj}")
+            assert f["eps"] == list(p.fig3_eps) and len(f["accuracy"]) == len(p.fig3_eps)
+            assert all(_unit(v) for v in f["accuracy"] + f["attack_success_rate"])
+        rand = get(f"rand.{obj}")
+        assert len(rand["error"]) == len(p.rand_eps) and all(_unit(v) for v in rand["error"])
+        assert len(rand["hist"]["kd_clean"]) == len(rand["hist"]["kd_noisy"]) == rand["hist"]["n"]
+        tsne = get(f"tsne.{obj}")
+        assert len(tsne["x"]) == len(tsne["y"]) == len(tsne["labels"]) == p.tsne_n
+        cwc = get(f"cwc.{obj}")
+        assert len(cwc["accuracy"]) == len(p.cw_fixed_c) and all(_unit(v) for v in cwc["accuracy"])
+        for kappa in p.cwwb_kappas:
+            r = get(f"table3.k{kappa:g}.{obj}")
+            pe = r["per_example"]
+            label, clean, fooled = np.asarray(pe["label"]), np.asarray(pe["clean_pred"]), np.asarray(pe["fooled"])
+            counted = (clean == label) & (fooled == 1)
+            assert r["n_counted"] == int(counted.sum()) and r["n"] == p.cwwb_n
+            assert np.all(np.asarray(pe["target"]) != label)
+            assert _unit(r["kd_auc"])
+            for key in ("ratio_f2_positive_percent", "success_percent", "classifier_success_percent"):
+                assert r[key] is None or 0.0 <= r[key] <= 100.0
+            if r["n_counted"]:
+                assert r["ratio_f2_positive_percent"] == pytest.approx(100 * np.mean(np.asarray(pe["f2"])[counted] > 0))
+                assert r["mean_distortion"] > 0
+                assert r["mean_distortion"] == pytest.approx(np.asarray(pe["distortion"])[counted].mean(), rel=1e-5)
+        for target in ("ce", "rce"):
+            r = get(f"table4.{obj}-to-{target}")
+            assert r["n_counted"] <= r["n_fed"] <= r["n"]
+            assert r["transfer_rate_percent"] is None or 0.0 <= r["transfer_rate_percent"] <= 100.0
+            assert _unit(r["auc"])
+        adaptive = get(f"adaptive.{obj}")
+        curves = adaptive["robust_accuracy_with_rejection"]
+        assert set(curves) == set(p.adaptive_metrics)
+        for curve in list(curves.values()) + [adaptive["undefended_robust_accuracy"]]:
+            assert len(curve) == len(p.adaptive_eps) and all(_unit(v) for v in curve)
+
+
+def test_interrupted_run_resumes_to_the_same_results(toy_run, tmp_path, monkeypatch):
+    reference = _results(toy_run.run_dir)
+    run_dir = tmp_path / "resumed"
+    shutil.copytree(toy_run.run_dir, run_dir)
+    # Lose some finished cells, including one whose attack is computed in several chunks...
+    victims = ["table2.fgsm.rce", "fig3.bim.ce", "table3.k0.rce", "table4.rce-to-ce", "rand.ce", "tsne.rce"]
+    for name in victims:
+        (run_dir / "cells" / f"{name}.json").unlink()
+    for cached in (run_dir / "cache").glob("*fgsm*"):
+        cached.unlink()
+    # ... and kill the run inside that attack's second chunk.
+    import rcedetect.reproduce.pipeline as pipeline
+
+    real = pipeline.ATTACKS["fgsm"]
+    calls = []
+
+    class Killed(RuntimeError):
+        pass
+
+    def dying(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise Killed("simulated kill")
+        return real.run(*args, **kwargs)
+
+    monkeypatch.setitem(pipeline.ATTACKS, "fgsm", dataclasses.replace(real, run=dying))
+    rep = Reproduction("mnist", "toy", run_dir, device="cpu", data_dir=toy_run.data_dir, progress=False)
+    with pytest.raises(Killed):
+        rep.run()
+    parts = list((run_dir / "cache").glob("*.fgsm.parts/*.safetensors"))
+    assert len(parts) == 1, "the first chunk should have been kept"
+    monkeypatch.setitem(pipeline.ATTACKS, "fgsm", real)
+    Reproduction("mnist", "toy", run_dir, device="cpu", data_dir=toy_run.data_dir, progress=False).run()
+    assert _results(run_dir) == reference
+    assert not list((run_dir / "cache").glob("*.parts/*"))
+
+
+def test_report_renders_from_the_json(toy_run, tmp_path):
+    run_dir = tmp_path / "copy"
+    shutil.copytree(toy_run.run_dir, run_dir, ignore=shutil.ignore_patterns("models", "cache"))
+    paths = render_report(run_dir)  # no models, no cache: the JSON alone is enough
+    md = paths["markdown"].read_text()
+    for heading in ("Table 1", "Table 2", "Table 3", "Table 4", "Appendix Table 1", "Figure 3", "How to read"):
+        assert heading in md
+    expected = set(FIGURES)
+    assert set(paths["figures"]) == expected
+    for path in paths["figures"].values():
+        assert path.stat().st_size > 1000 and path.read_bytes()[:4] == b"\x89PNG"
+    html = paths["html"].read_text()
+    assert html.count("data:image/png;base64,") == len(expected) and "<table>" in html
+
+
+def test_cli_report_list_and_errors(toy_run, tmp_path, capsys):
+    assert main(["report", str(toy_run.run_dir)]) == 0
+    assert (toy_run.run_dir / "report.html").exists()
+    assert main(["reproduce", "--dataset", "mnist", "--preset", "toy", "--out", str(toy_run.run_dir), "--list"]) == 0
+    listing = capsys.readouterr().out
+    assert listing.count("done") == len(toy_run.cells())
+    assert main(["report", str(tmp_path)]) == 2
+    assert "error:" in capsys.readouterr().err
+    # A run folder belongs to one dataset/preset: another preset is refused, not mixed in.
+    with pytest.raises(InputError, match="another --out"):
+        Reproduction("mnist", "quick", toy_run.run_dir, device="cpu", progress=False).run(only=["none"])
+
+
+@pytest.mark.slow
+def test_quick_preset_regression(tmp_path, data_dir):
+    """Re-train the quick ResNet-32 (CE) and re-run the FGSM cell; compare with stored numbers."""
+    stored = json.loads(REGRESSION.read_text())
+    rep = Reproduction("mnist", "quick", tmp_path / "quick", device="cpu", data_dir=data_dir, progress=False)
+    results = rep.run(only=stored["cells"])
+    for key, expected in stored["values"].items():
+        cell, *path = key.split("/")
+        value = results[cell]
+        for part in path:
+            value = value[part]
+        assert value == pytest.approx(expected, abs=stored["tolerance"][key]), key
