@@ -73,7 +73,7 @@ def main(argv=None) -> int:
 
     loaded = load_checkpoint(args.checkpoint)
     model = loaded.model
-    opts = SimpleNamespace(data_dir=None, refit=False, fpr=0.05, n_per_class=1000, calibration_size=5000, batch_size=500)
+    opts = SimpleNamespace(data_dir=None, refit=False, fpr=0.05, n_per_class=1000, calibration_size=5000, split_seed=0)
     kd = detector_for(loaded, "kd", opts, torch.device("cpu"))
     data = load_dataset(loaded.config.dataset, "test")
     n = max(args.n_small, args.n_full)

@@ -103,7 +103,7 @@ def test_success_near_100_percent_at_large_budget(model, batch):
 def test_success_is_monotone_in_the_budget(model, batch):
     x, y = batch
     for attack in (lambda e: bim(model, x, y, eps=e), lambda e: ilcm(model, x, eps=e)):
-        rates = [attack(e).success.float().mean().item() for e in (0.02, 0.08, 0.2, 0.35)]
+        rates = [attack(e).success.float().mean().item() for e in (0.02, 0.1, 0.3)]
         assert rates == sorted(rates), rates
         assert rates[0] < rates[-1]
 
@@ -216,8 +216,8 @@ def test_cw_high_confidence_reaches_the_margin(model, batch):
 def test_cw_batch_equals_one_by_one_with_per_example_abort(model, batch):
     """Dropping aborted examples from the working batch must not couple examples (eval-mode BN)."""
     x, y = batch
-    x, target = x[:4], random_targets(y[:4], 10, seed=2)
-    settings = dict(binary_search_steps=2, max_iters=30, lr=0.1, initial_const=1.0, abort_early=True)
+    x, target = x[:3], random_targets(y[:3], 10, seed=2)
+    settings = dict(binary_search_steps=2, max_iters=20, lr=0.3, initial_const=1.0, abort_early=True)
     sizes = []
 
     def watch(x_adv, logits, features, idx):
@@ -225,8 +225,8 @@ def test_cw_batch_equals_one_by_one_with_per_example_abort(model, batch):
         return torch.zeros_like(logits[:, 0])
 
     together = cw_l2_search(model.eval(), x, target, targeted=True, extra_loss=watch, **settings)
-    assert min(sizes) < 4, "some example should have aborted and left the working batch"
-    alone = [cw_l2_search(model, x[i:i + 1], target[i:i + 1], targeted=True, **settings) for i in range(4)]
+    assert min(sizes) < 3, "some example should have aborted and left the working batch"
+    alone = [cw_l2_search(model, x[i:i + 1], target[i:i + 1], targeted=True, **settings) for i in range(3)]
     torch.testing.assert_close(together.x_adv, torch.cat([r.x_adv for r in alone]), atol=1e-4, rtol=0)
     assert torch.equal(together.found, torch.cat([r.found for r in alone]))
 

@@ -51,8 +51,9 @@ def _l2(a, b):
 def test_cw_matches_foolbox(tiny_models, batch, abort_early):
     fb = import_foolbox()
     model, (x, y) = tiny_models["ce"], batch
+    x, y = x[:8], y[:8]
     target = random_targets(y, 10, seed=0)
-    bs, steps, lr, c0 = 4, 60, 5e-2, 1e-1
+    bs, steps, lr, c0 = 3, 40, 0.1, 1.0
     ours = cw_l2(model, x, target=target, binary_search_steps=bs, max_iters=steps, lr=lr, initial_const=c0,
                  abort_early=abort_early)
     attack = fb.attacks.L2CarliniWagnerAttack(binary_search_steps=bs, steps=steps, stepsize=lr, confidence=0.0,
@@ -62,6 +63,8 @@ def test_cw_matches_foolbox(tiny_models, batch, abort_early):
     our_rate, their_rate = ours.success.float().mean().item(), their_success.float().mean().item()
     our_l2 = _l2(ours.x_adv, x)[ours.success].median().item()
     their_l2 = _l2(raw, x)[their_success].median().item()
+    print(f"cw abort_early={abort_early}: success ours {our_rate:.3f} foolbox {their_rate:.3f}, "
+          f"median L2 ours {our_l2:.4f} foolbox {their_l2:.4f}")
     assert our_rate >= 0.5, "the settings must give the comparison something to compare"
     assert abs(our_rate - their_rate) <= 0.05 + 1e-9, (our_rate, their_rate)
     assert our_l2 == pytest.approx(their_l2, rel=0.05), (our_l2, their_l2)
@@ -73,19 +76,23 @@ def test_cw_matches_foolbox(tiny_models, batch, abort_early):
 def test_jsma_comparable_to_advertorch(tiny_models, batch, output):
     advertorch = import_advertorch()
     model, (x, y) = tiny_models["ce"], batch
+    x, y = x[:6], y[:6]
     target = random_targets(y, 10, seed=1)
-    gamma = 0.1
+    gamma = 0.06  # at most 23 pair iterations: advertorch computes all 10 Jacobian rows per iteration
     ours = jsma(model, x, target, theta=1.0, gamma=gamma, output=output)
     # advertorch differentiates whatever `predict` returns: give it F = softmax for the "probs" map.
     predict = (lambda inp: model(inp).softmax(1)) if output == "probs" else model
     attack = advertorch.attacks.JacobianSaliencyMapAttack(predict, num_classes=10, clip_min=0.0, clip_max=1.0,
                                                           theta=1.0, gamma=gamma)
     theirs = attack.perturb(x, target)
+    model.zero_grad(set_to_none=True)  # advertorch's .backward() left gradients on the shared model
     their_success = model(theirs).argmax(1) == target
     our_rate, their_rate = ours.success.float().mean().item(), their_success.float().mean().item()
-    assert our_rate >= 0.5
-    assert abs(our_rate - their_rate) <= 2 / N, (our_rate, their_rate)
+    print(f"jsma[{output}] success ours {our_rate:.3f} advertorch {their_rate:.3f}")
+    assert ours.success.sum() >= 2, "the settings must give the comparison something to compare"
+    assert abs(our_rate - their_rate) <= 1 / 6 + 1e-9, (our_rate, their_rate)
     both = ours.success & their_success
     our_changed = (ours.x_adv != x).flatten(1).sum(1)[both].float().mean().item()
     their_changed = (theirs != x).flatten(1).sum(1)[both].float().mean().item()
+    print(f"jsma[{output}] changed features ours {our_changed:.2f} advertorch {their_changed:.2f}")
     assert our_changed == pytest.approx(their_changed, rel=0.15), (our_changed, their_changed)

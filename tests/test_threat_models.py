@@ -6,16 +6,25 @@ transfer evaluation (Table 4) judges with the target's own detector, never the s
 Budgets are tiny (a few examples, a few hundred Adam steps): these check behaviour, not the paper's
 numbers."""
 
+import json
+import shutil
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import sklearn.metrics
 import torch
 
-from rcedetect.attacks import cw_l2, random_targets
+from rcedetect.attacks import cw_l2, load_adversarial, random_targets
 from rcedetect.attacks.adaptive_pgd import detector_aware_pgd
 from rcedetect.attacks.cw_wb import CWWBResult, attack_bank, attack_eta, cw_wb, detector_eta, f2_loss
+from rcedetect.checkpoints import load_checkpoint
+from rcedetect.cli import main
+from rcedetect.cli._threat_models import _session
+from rcedetect.data import load_dataset
 from rcedetect.detectors import ConfidenceMetric, KernelDensity, ThresholdDetector, collect_outputs
 from rcedetect.errors import InputError
+from rcedetect.evaluation import robust_accuracy_with_rejection
 from rcedetect.evaluation.threat_models import adaptive_curve, summarize_white_box, transfer_row
 
 N_PER_CLASS = 150
@@ -26,8 +35,6 @@ CW_TRANSFER = {"binary_search_steps": 1, "max_iters": 60, "lr": 0.1, "initial_co
 
 @pytest.fixture(scope="module")
 def train_set(data_dir):
-    from rcedetect.data import load_dataset
-
     return load_dataset("mnist", "train", data_dir)
 
 
@@ -90,7 +97,8 @@ def test_eta_and_f2_match_float64_brute_force(kds):
     classes = torch.tensor([0, 1, 2, 3, 4, 5])
     f2 = f2_loss(kd, z, classes, torch.from_numpy(got_eval)).numpy()
     ref = np.array([max(_neg_log_kd_numpy(z[j:j + 1].numpy(), bank[starts[c]:starts[c] + counts[c]],
-                                          kd.bandwidth_sq)[0] - got_eval[c], 0.0) for j, c in enumerate(classes.tolist())])
+                                          kd.bandwidth_sq)[0] - got_eval[c], 0.0)
+                    for j, c in enumerate(classes.tolist())])
     np.testing.assert_allclose(f2, ref, rtol=1e-6, atol=1e-8)
 
 
@@ -169,8 +177,6 @@ def confidence_detector(tiny_models, mnist_test):
 
 @pytest.mark.parametrize("norm,eps", [("linf", 0.3), ("l2", 4.0)])
 def test_adaptive_pgd_breaks_undefended_model_inside_ball(tiny_models, confidence_detector, mnist_test, norm, eps):
-    from rcedetect.evaluation import robust_accuracy_with_rejection
-
     model = tiny_models["ce"]
     x, y = mnist_test.float_images(slice(5000, 5016)), mnist_test.labels[5000:5016].clone()
     result = detector_aware_pgd(model, x, y, confidence_detector, eps=eps, norm=norm, steps=40, seed=0)
@@ -208,7 +214,6 @@ def test_adaptive_curve_eps_zero_is_clean_robust_accuracy(tiny_models, confidenc
 # ----------------------------------------------------------------------------------- transfer (Table 4)
 class _SpyDetector:
     """Records every model output it scores; scores = the wrapped detector's."""
-
     def __init__(self, inner):
         self.inner, self.calls = inner, []
         self.threshold_ = inner.threshold_
@@ -220,7 +225,6 @@ class _SpyDetector:
 
 class _NoScoringKD(KernelDensity):
     """A substitute K-density that may be attacked (its bank) but must never score for evaluation."""
-
     def score(self, model_output):
         raise AssertionError("the substitute's detector was used to score examples")
 
@@ -256,3 +260,66 @@ def test_transfer_uses_the_targets_detector_only(tiny_models, kds, batch, mnist_
         assert row["auc"] == pytest.approx(expected)
     else:
         assert row["auc"] is None
+
+
+# ------------------------------------------------------------------------------------------------ CLI
+@pytest.fixture(scope="module")
+def cli_checkpoints(tiny_checkpoints, tmp_path_factory):
+    """Copies of the tiny checkpoints, so the detectors the CLI saves beside them stay private."""
+    root = tmp_path_factory.mktemp("threat_cli")
+    copies = {}
+    for objective, path in tiny_checkpoints.items():
+        dest = root / objective
+        dest.mkdir()
+        for name in ("model.safetensors", "model.json"):
+            shutil.copy(path / name, dest / name)
+        copies[objective] = dest
+    return copies
+
+
+DETECTOR_OPTIONS = ["--n-per-class", "60", "--calibration-size", "300"]
+
+
+def test_threat_models_cli_writes_all_sections(cli_checkpoints, tmp_path, capsys):
+    out = tmp_path / "threat.json"
+    code = main(["threat-models", str(cli_checkpoints["ce"]), "--targets", str(cli_checkpoints["rce"]),
+                 "--tables", "table3", "table4", "adaptive", "--n", "4", "--binary-search-steps", "1",
+                 "--max-iters", "10", "--lr", "0.1", "--attack-bank-size", "20", "--eps", "0", "0.3",
+                 "--pgd-steps", "3", "--metrics", "kd", "--methods", "logit", "--output", str(out),
+                 "--no-progress", *DETECTOR_OPTIONS])
+    assert code == 0
+    report = json.loads(out.read_text())
+    row = report["table3"]["mnist-resnet8-ce"]
+    assert row["n"] == 4 and row["kappa"] == 0.0
+    cell = report["table4"]["pairs"]["mnist-resnet8-ce"]["mnist-resnet8-rce"]
+    assert report["table4"]["substitutes"]["mnist-resnet8-ce"]["reused_precomputed"] is True
+    assert cell["n_fed"] == len(cell["fed_index"])
+    curve = report["adaptive"]["mnist-resnet8-ce"]
+    assert curve["eps"] == [0.0, 0.3] and len(curve["curves"]["kd"]["robust_accuracy_with_rejection"]) == 2
+    # the attacked images are held out from the thresholds' calibration images
+
+    opts = SimpleNamespace(data_dir=None, refit=False, fpr=0.05, n_per_class=60, calibration_size=300, split_seed=0)
+    order = _session(load_checkpoint(cli_checkpoints["ce"]), opts, torch.device("cpu")).test_order()
+    assert not set(report["images"]["index"]) & set(order[:300].tolist())
+
+    assert main(["threat-models", str(cli_checkpoints["ce"]), "--tables", "table4", "--no-progress"]) == 2
+    assert "needs --targets" in capsys.readouterr().err
+
+
+def test_attack_cli_threat_model_attacks(cli_checkpoints, tmp_path, capsys):
+    common = ["--n", "3", "--start", "6000", "--no-progress", *DETECTOR_OPTIONS]
+    code = main(["attack", str(cli_checkpoints["rce"]), "--attack", "cw-wb-hc", "--substitute",
+                 str(cli_checkpoints["ce"]), "--max-iters", "10", "--binary-search-steps", "1",
+                 "--attack-bank-size", "20", "--out", str(tmp_path / "wb"), *common])
+    assert code == 0
+    tensors, info = load_adversarial(tmp_path / "wb.safetensors")
+    assert info["settings"]["kappa"] == 5.0 and info["objective"] == "ce" and info["transfer"]["target_objective"] == "rce"
+    assert {"x_adv", "f2", "fooled", "targets", "fed"} <= set(tensors)
+    code = main(["attack", str(cli_checkpoints["ce"]), "--attack", "adaptive-pgd", "--detector", "non-me",
+                 "--eps", "0.3", "--steps", "5", "--out", str(tmp_path / "pgd"), *common])
+    assert code == 0
+    tensors, info = load_adversarial(tmp_path / "pgd.safetensors")
+    assert (tensors["x_adv"] - tensors["x"]).abs().max() <= 0.3 + 1e-6
+    assert main(["attack", str(cli_checkpoints["ce"]), "--attack", "cw-wb", "--detector", "confidence",
+                 "--out", str(tmp_path / "bad"), *common]) == 2
+    assert "--detector kd" in capsys.readouterr().err

@@ -27,8 +27,10 @@ from typing import Callable
 import torch
 
 from ..errors import InputError
+from .adaptive_pgd import DetectorAwareResult, detector_aware_pgd
 from .bim import bim
 from .cw import CWOutput, cw_l2, cw_l2_search
+from .cw_wb import CWWBResult, cw_wb
 from .fgsm import fgsm
 from .ilcm import ilcm, least_likely_class
 from .jsma import jsma
@@ -36,7 +38,8 @@ from .noise import random_noise
 from .result import AttackResult, eval_mode, load_adversarial, num_classes_of, random_targets, save_adversarial
 
 __all__ = [
-    "ATTACKS", "AttackResult", "AttackSpec", "CWOutput", "bim", "cw_l2", "cw_l2_search", "fgsm", "ilcm",
+    "ATTACKS", "AttackResult", "AttackSpec", "CWOutput", "CWWBResult", "DetectorAwareResult", "bim", "cw_l2",
+    "cw_l2_search", "cw_wb", "detector_aware_pgd", "fgsm", "ilcm",
     "jsma", "least_likely_class", "load_adversarial", "random_noise", "random_targets", "save_adversarial",
 ]
 

@@ -122,7 +122,9 @@ def detector_aware_pgd(model, x: torch.Tensor, y: torch.Tensor, detector, *, eps
         y: true labels (N,).
         detector: a fitted `ThresholdDetector` (differentiable `score_samples`, `threshold_`).
         eps: radius of the L-inf or L2 ball (pixel units in [0, 1]); 0 only checks the clean inputs.
-        steps, restarts, step_size (default 2.5 * eps / steps), method ("orthogonal" / "logit"), seed.
+        steps: updates per restart (default 100); restarts: random starts (default 1);
+        step_size: default 2.5 * eps / steps; method: "logit" (default), "selective" or "orthogonal";
+        seed: of the random starts.
     Returns `DetectorAwareResult(x_adv, success, score, prediction)`.
     """
     check_images(x)

@@ -211,7 +211,8 @@ def cw_wb(model, x: torch.Tensor, y: torch.Tensor, detector, *, target=None, kap
     if l2_from not in L2_REFERENCES:
         raise InputError(f"l2_from must be one of {', '.join(L2_REFERENCES)}, got {l2_from!r}")
     phase1 = {
-        "binary_search_steps": int(binary_search_steps if phase1_binary_search_steps is None else phase1_binary_search_steps),
+        "binary_search_steps": int(binary_search_steps if phase1_binary_search_steps is None
+                                   else phase1_binary_search_steps),
         "max_iters": int(max_iters if phase1_max_iters is None else phase1_max_iters),
         "initial_const": float(initial_const if phase1_initial_const is None else phase1_initial_const),
     }

@@ -9,8 +9,9 @@
 `--attack` is in `ATTACK_NAMES` to `run_threat_model_attack(args)`. The detectors are the ones
 `rcedetect detect` fits and saves beside each checkpoint (reused when their settings match):
 K-density bank of `--n-per-class` training images per class, threshold rejecting `--fpr` of the first
-`--calibration-size` clean test images. Attack the images after those (the default `--start` of this
-path is `--calibration-size` when `--start` is left at 0 would overlap them: a note is printed).
+`--calibration-size` images of a seeded permutation of the test set (`--split-seed`). As the other
+attacks of `rcedetect attack`, the attacked images are test[--start : --start + --n] in file order, so
+they may include calibration images (harmless for crafting; `rcedetect threat-models` uses held-out ones).
 """
 
 import sys
@@ -51,7 +52,9 @@ def add_detector_arguments(parser) -> None:
     group.add_argument("--fpr", type=float, default=0.05, help="clean rejection rate setting the threshold (0.05)")
     group.add_argument("--n-per-class", type=int, default=1000, help="K-density bank per class (default 1000)")
     group.add_argument("--calibration-size", type=int, default=5000,
-                       help="first clean test images setting the threshold (default 5000)")
+                       help="clean test images setting the threshold: the first of a seeded permutation "
+                            "(default 5000)")
+    group.add_argument("--split-seed", type=int, default=0, help="seed of that test-set permutation (default 0)")
     group.add_argument("--refit", action="store_true", help="refit the detectors even if saved ones match")
 
 
@@ -104,15 +107,39 @@ def threat_model_settings(args) -> dict:
 def detector_for(loaded, metric: str, opts, device):
     """The fitted ThresholdDetector for `metric` beside checkpoint `loaded` (fitted and saved if missing).
 
-    `opts` needs data_dir, fpr, n_per_class, calibration_size, refit, batch_size. Shares its saving and
+    `opts` needs data_dir, fpr, n_per_class, calibration_size, split_seed, refit. Shares its saving and
     reuse rules with `rcedetect detect` (its `_Session`).
     """
+    return _session(loaded, opts, device).detector(metric)
+
+
+def _session(loaded, opts, device):
     from .detect import _Session
 
     session_args = SimpleNamespace(data_dir=opts.data_dir, refit=opts.refit, fpr=opts.fpr,
                                    n_per_class=opts.n_per_class, bandwidth_sq=None,
-                                   calibration_size=opts.calibration_size, batch_size=opts.batch_size or 500)
-    return _Session(session_args, loaded, device).detector(metric)
+                                   calibration_size=opts.calibration_size, split_seed=opts.split_seed,
+                                   batch_size=500)
+    return _Session(session_args, loaded, device)
+
+
+def heldout_test_index(loaded, opts, n: int, start=None):
+    """Indices of `n` test images held out from the threshold calibration: positions [start, start + n)
+    of the seeded test permutation that `rcedetect detect` calibrates on (its first
+    `calibration_size`); `start` defaults to `calibration_size`."""
+    import torch
+
+    from ..errors import InputError
+
+    order = _session(loaded, opts, torch.device("cpu")).test_order()
+    start = opts.calibration_size if start is None else start
+    if start < 0 or start + n > order.numel():
+        raise InputError(f"test images [{start}, {start + n}) of the permutation are outside the {order.numel()} "
+                         f"test images: lower --n or --start")
+    if start < opts.calibration_size:
+        print(f"note: permuted test images [{start}, {start + n}) overlap the detectors' calibration images "
+              f"[0, {opts.calibration_size})", file=sys.stderr)
+    return order[start:start + n]
 
 
 def check_detector_options(opts) -> None:
@@ -186,10 +213,6 @@ def run_threat_model_attack(args) -> int:
         raise InputError(f"--n must be >= 1 and --start >= 0, got --n {args.n} --start {args.start}")
     if getattr(args, "split", "test") != "test":
         raise InputError(f"--attack {args.attack} attacks test images only: drop --split")
-    if args.start < args.calibration_size:
-        print(f"note: test images [{args.start}, {args.start + args.n}) overlap the detector's calibration "
-              f"images [0, {args.calibration_size}); pass --start {args.calibration_size} to keep them apart",
-              file=sys.stderr)
     device = resolve_device(args.device)
     target = load_checkpoint(args.checkpoint, device=device)
     crafting = load_checkpoint(args.substitute, device=device) if args.substitute else target

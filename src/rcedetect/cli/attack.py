@@ -10,6 +10,8 @@ attack name, its settings, the seed, the checkpoint, timing and summary statisti
 
 import time
 
+from . import _threat_models
+
 # CLI option -> (attack keyword, attacks it applies to). Options left unset keep the attack's defaults.
 SETTINGS = {
     "steps": ("steps", ("bim", "ilcm")),
@@ -35,8 +37,10 @@ def register(subparsers) -> None:
         description="Run one of the paper's attacks (section 2.3, appendix B.2-B.3) on test images and save "
                     "the adversarial examples with clean inputs, labels, targets and success flags.")
     parser.add_argument("checkpoint", help="checkpoint folder written by 'rcedetect train'")
-    parser.add_argument("--attack", required=True, choices=list(ATTACKS),
-                        help="; ".join(f"{name}: {spec.description}" for name, spec in ATTACKS.items()))
+    parser.add_argument("--attack", required=True, choices=list(ATTACKS) + list(_threat_models.ATTACK_NAMES),
+                        help="; ".join(f"{name}: {spec.description}" for name, spec in ATTACKS.items())
+                        + "; cw-wb / cw-wb-hc: white-box C&W against the K-density detector (kappa 0 / 5); "
+                          "adaptive-pgd: PGD against classifier + --detector")
     parser.add_argument("--eps", type=float, default=None,
                         help="L-inf budget in [0, 1] pixel units (fgsm, bim, ilcm) or noise amplitude (rand)")
     parser.add_argument("--n", type=int, default=1000, help="number of test images to attack (default: 1000)")
@@ -62,6 +66,7 @@ def register(subparsers) -> None:
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bar")
     add_device_argument(parser)
     add_data_dir_argument(parser)
+    _threat_models.add_arguments(parser)
     parser.set_defaults(func=run)
 
 
@@ -92,6 +97,8 @@ def run(args) -> int:
     from ..devices import resolve_device
     from ..errors import InputError
 
+    if args.attack in _threat_models.ATTACK_NAMES:
+        return _threat_models.run_threat_model_attack(args)
     spec = ATTACKS[args.attack]
     settings = attack_settings(args)
     if spec.uses_eps and args.eps is None:

@@ -6,8 +6,10 @@
 
 Every positional checkpoint is a model of Table 3 / Table 2 / the adaptive curve and a substitute of
 Table 4; `--targets` are Table 4's target models (ResNet-56 in the paper), each judged by its own
-detector. The images are the `--n` clean test images from `--start` (default: right after the
-`--calibration-size` images that set the detectors' thresholds). The JSON (`--output`, default
+detector. The images are `--n` clean test images held out from the thresholds: positions
+[--start, --start + --n) of the seeded test permutation (`--split-seed`) whose first
+`--calibration-size` images calibrate the detectors, as in `rcedetect detect`; --start defaults to
+--calibration-size. The JSON (`--output`, default
 threat-models.json in the first checkpoint's folder) is rewritten after each section, so a long
 run keeps what it finished. Definitions: `rcedetect.evaluation.threat_models`.
 """
@@ -18,7 +20,7 @@ from pathlib import Path
 
 from ..errors import InputError
 from ._common import add_data_dir_argument, add_device_argument
-from ._threat_models import add_detector_arguments, check_detector_options, detector_for
+from ._threat_models import add_detector_arguments, check_detector_options, detector_for, heldout_test_index
 
 TABLES = ("table3", "table2", "table4", "adaptive")
 
@@ -38,7 +40,9 @@ def register(subparsers) -> None:
     parser.add_argument("--output", default=None, help="JSON file (default: CHECKPOINT/threat-models.json)")
     parser.add_argument("--n", type=int, default=100, help="clean test images attacked (default 100)")
     parser.add_argument("--start", type=int, default=None,
-                        help="first test image (default: --calibration-size, after the threshold's images)")
+                        help="first position in the seeded test permutation (--split-seed) whose first "
+                             "--calibration-size images set the thresholds (default: --calibration-size, "
+                             "i.e. held-out images)")
     parser.add_argument("--seed", type=int, default=0, help="targets, attack banks, PGD starts (default 0)")
     parser.add_argument("--batch-size", type=int, default=100, help="images per attack batch (default 100)")
     cw = parser.add_argument_group("C&W-wb (defaults: the paper's budget, appendix B.2)")
@@ -106,7 +110,8 @@ def run(args) -> int:
     _check(args)
     tables = args.tables or (["table3", "table2", "adaptive"] + (["table4"] if args.targets else []))
     if "table4" in tables and not args.targets:
-        raise InputError("--tables table4 needs --targets CHECKPOINT [...] (the attacked models, ResNet-56 in the paper)")
+        raise InputError("--tables table4 needs --targets CHECKPOINT [...] "
+                         "(the attacked models, ResNet-56 in the paper)")
     device = resolve_device(args.device)
     used = set()
     models = [(path, load_checkpoint(path, device=device)) for path in args.checkpoints]
@@ -118,16 +123,16 @@ def run(args) -> int:
         raise InputError(f"all checkpoints must be of one dataset, got {', '.join(sorted(datasets))}")
     data = load_dataset(datasets.pop(), "test", args.data_dir)
     start = args.calibration_size if args.start is None else args.start
-    if start < 0 or start + args.n > len(data):
-        raise InputError(f"test images [{start}, {start + args.n}) are outside the {len(data)} test images: "
-                         f"lower --n or --start")
-    index = torch.arange(start, start + args.n)
+    index = heldout_test_index(models[0][1], args, args.n, start)
     x, y = data.float_images(index).to(device), data.labels[index].to(device)
     output = Path(args.output) if args.output else models[0][1].directory / "threat-models.json"
     report = {
         "rcedetect_version": __version__, "torch_version": torch.__version__, "device": str(device),
-        "images": {"split": "test", "start": start, "n": args.n}, "seed": args.seed,
-        "detectors": {"fpr": args.fpr, "n_per_class": args.n_per_class, "calibration_size": args.calibration_size},
+        "images": {"split": "test", "permutation_seed": args.split_seed, "start": start, "n": args.n,
+                   "index": [int(i) for i in index]},
+        "seed": args.seed,
+        "detectors": {"fpr": args.fpr, "n_per_class": args.n_per_class, "calibration_size": args.calibration_size,
+                      "permutation_seed": args.split_seed},
         "cw_wb_settings": _cw_settings(args),
         "adaptive_settings": {"eps": args.eps, "norm": args.norm, "steps": args.pgd_steps,
                               "restarts": args.restarts, "methods": args.methods, "metrics": args.metrics},
@@ -139,6 +144,7 @@ def run(args) -> int:
         atomic_write_json(output, report)
 
     settings = _cw_settings(args)
+    table3_examples = {}  # kappa-0 C&W-wb examples, reused as Table 4's (same images, seed and settings)
     for table, kappa in (("table3", 0.0), ("table2", 5.0)):
         if table not in tables:
             continue
@@ -146,8 +152,10 @@ def run(args) -> int:
         for path, loaded in models:
             kd = detector_for(loaded, "kd", args, device)
             t0 = time.perf_counter()
-            row = white_box_row(loaded.model, kd, x, y, kappa=kappa, seed=args.seed, batch_size=args.batch_size,
-                                **settings)
+            row, result = white_box_row(loaded.model, kd, x, y, kappa=kappa, seed=args.seed,
+                                        batch_size=args.batch_size, return_result=True, **settings)
+            if kappa == 0.0:
+                table3_examples[labels[path]] = result
             row["objective"], row["depth"] = loaded.config.objective, loaded.config.depth
             report[table][labels[path]] = row
             save()
@@ -156,7 +164,7 @@ def run(args) -> int:
         substitutes = {labels[p]: (m.model, detector_for(m, "kd", args, device)) for p, m in models}
         judged = {target_labels[p]: (m.model, detector_for(m, "kd", args, device)) for p, m in targets}
         report["table4"] = transfer_table(substitutes, judged, x, y, kappa=0.0, seed=args.seed,
-                                           batch_size=args.batch_size, **settings)
+                                           batch_size=args.batch_size, precomputed=table3_examples, **settings)
         save()
         for sub, row in report["table4"]["pairs"].items():
             for tgt, cell in row.items():

@@ -65,9 +65,9 @@ def _check_batch(x, y):
 
 
 def run_cw_wb(model, detector, x, y, *, seed: int = 0, batch_size=None, **attack_settings):
-    """`cw_wb` over `x` in batches of `batch_size` (all at once when None); batch b (starting at row
-    `begin`) uses seed `seed + begin`, so results do not depend on the batch size only when it is None
-    or >= N. Returns a `CWWBResult` of the whole set."""
+    """`cw_wb` over `x` in batches of `batch_size` (all at once when None or >= N); the batch starting
+    at row `begin` uses seed `seed + begin` (its random targets and attack bank), so results depend
+    on the batch size. Returns one `CWWBResult` for the whole set."""
     if batch_size is None or batch_size >= x.shape[0]:
         return cw_wb(model, x, y, detector, seed=seed, **attack_settings)
     if batch_size < 1:
@@ -118,13 +118,14 @@ def summarize_white_box(result, x: torch.Tensor, y: torch.Tensor, clean_predicti
 
 
 def white_box_row(model, detector, x: torch.Tensor, y: torch.Tensor, *, kappa: float = 0.0, seed: int = 0,
-                  target=None, batch_size=None, **attack_settings) -> dict:
+                  target=None, batch_size=None, return_result: bool = False, **attack_settings):
     """One row of Table 3 (kappa=0, C&W-wb) or appendix Table 2 (kappa=5, C&W-wb-hc).
 
     Runs `cw_wb(model, x, y, detector, kappa=kappa, seed=seed, target=target, **attack_settings)`
     (`detector`: fitted K-density, bare or in a ThresholdDetector) and returns
     `summarize_white_box(...)` plus `kappa`, the attack settings and the wall time; `batch_size`
-    splits the attack as `run_cw_wb` does.
+    splits the attack as `run_cw_wb` does. With `return_result`, returns (row, CWWBResult) so the
+    examples can be reused (e.g. as Table 4's `precomputed`).
     """
     _check_batch(x, y)
     clean_prediction = _outputs(model, x).logits.argmax(1)
@@ -135,7 +136,7 @@ def white_box_row(model, detector, x: torch.Tensor, y: torch.Tensor, *, kappa: f
     row = summarize_white_box(result, x, y, clean_prediction)
     row.update({"kappa": float(kappa), "seed": int(seed), "attack_settings": dict(attack_settings),
                 "seconds": seconds, "seconds_per_example": seconds / x.shape[0]})
-    return row
+    return (row, result) if return_result else row
 
 
 # ----------------------------------------------------------------------------------------- Table 4
@@ -181,7 +182,7 @@ def transfer_row(substitute, substitute_detector, target_model, target_detector,
 
 
 def transfer_table(substitutes: Mapping, targets: Mapping, x: torch.Tensor, y: torch.Tensor, *,
-                   kappa: float = 0.0, seed: int = 0, batch_size=None, **attack_settings) -> dict:
+                   kappa: float = 0.0, seed: int = 0, batch_size=None, precomputed=None, **attack_settings) -> dict:
     """Table 4: every substitute x target pair (Pang et al. 2018, section 4.5).
 
     substitutes: {name: (model, fitted K-density detector)} the attacker's models; C&W-wb is run once
@@ -191,6 +192,8 @@ def transfer_table(substitutes: Mapping, targets: Mapping, x: torch.Tensor, y: t
 
     Returns {"substitutes": {name: white-box summary on the substitute}, "pairs": {sub: {target:
     transfer_evaluation + n_fed + fed_index (rows of x fed to the target)}}}.
+    `precomputed`: optional {substitute name: CWWBResult} already crafted on these x, y with these
+    settings (e.g. Table 3's), used instead of attacking again.
     """
     _check_batch(x, y)
     out = {"substitutes": {}, "pairs": {}, "kappa": float(kappa), "seed": int(seed),
@@ -198,10 +201,16 @@ def transfer_table(substitutes: Mapping, targets: Mapping, x: torch.Tensor, y: t
     for sub_name, (sub_model, sub_detector) in substitutes.items():
         clean_prediction = _outputs(sub_model, x).logits.argmax(1)
         start = time.perf_counter()
-        result = run_cw_wb(sub_model, sub_detector, x, y, kappa=kappa, seed=seed, batch_size=batch_size,
-                           **attack_settings)
+        result = (precomputed or {}).get(sub_name)
+        if result is None:
+            result = run_cw_wb(sub_model, sub_detector, x, y, kappa=kappa, seed=seed, batch_size=batch_size,
+                               **attack_settings)
+        elif result.x_adv.shape != x.shape:
+            raise InputError(f"precomputed examples of {sub_name!r} have shape {tuple(result.x_adv.shape)}, "
+                             f"x {tuple(x.shape)}: pass the examples crafted on these images")
         summary = summarize_white_box(result, x, y, clean_prediction)
         summary["seconds"] = time.perf_counter() - start
+        summary["reused_precomputed"] = sub_name in (precomputed or {})
         out["substitutes"][sub_name] = summary
         fed = (clean_prediction == y.to(x.device)) & result.fooled
         out["pairs"][sub_name] = {}

@@ -442,7 +442,7 @@ class _Report:
     def settings_section(self):
         s = self.settings
         self.doc.h(2, "Settings of this run")
-        keys = ["dataset", "name", "depths", "train_steps", "seed", "kd_per_class", "fpr", "calibration_n",
+        keys = ["dataset", "name", "depths", "train_steps", "train_batch_size", "seed", "kd_per_class", "fpr", "calibration_n",
                 "n_attack", "eps", "attack_settings", "fig3_eps", "fig3_n", "fig3_jsma_n", "rand_eps", "rand_n",
                 "hist_rand_eps", "tsne_n", "cw_fixed_c", "cw_fixed_n", "cw_fixed_settings", "cwwb_n",
                 "cwwb_kappas", "cwwb_settings", "adaptive_eps", "adaptive_n", "adaptive_settings"]

@@ -21,7 +21,7 @@ from ..attacks import random_targets
 from ..attacks.cw_wb import CWWBResult, cw_wb
 from ..data import DATASETS
 from ..detectors import ConfidenceMetric, NonMEMetric, ThresholdDetector
-from ..evaluation import auc_score
+from ..evaluation import auc_score, distortion
 from ..evaluation.threat_models import adaptive_curve, summarize_white_box, transfer_evaluation
 from ..inference import batched_outputs
 from .jsonable import ints, sig, uint8_images
@@ -89,7 +89,7 @@ def table3_cell(rep, kappa: float, objective: str) -> dict:
         "attack_seconds": seconds, "seconds_per_example": seconds / n,
         "per_example": {"label": ints(y), "target": ints(result.target), "clean_pred": ints(clean_pred),
                         "adv_pred": ints(adv_pred), "fooled": ints(result.fooled), "f2": sig(result.f2),
-                        "distortion": sig(np.sqrt(((result.x_adv - x).double() * 255).square().flatten(1).mean(1))),
+                        "distortion": sig(distortion(result.x_adv, x)),
                         "kd_clean": sig(kd_clean), "kd_adv": sig(kd_adv)},
     }
     if kappa == 0:
