@@ -78,6 +78,7 @@ class _Progress:
         self.total = sum(c.cost for c in cells)
         initial = sum(c.cost for c, d in zip(cells, done) if d)
         self.bar = tqdm(total=self.total, initial=initial, position=0, dynamic_ncols=True, disable=not enabled,
+                        mininterval=0.5,
                         bar_format="{desc} |{bar}| {percentage:3.0f}% [{elapsed}<{remaining}]")
         self.count = len(cells)
         self.cell_cost = 0.0
@@ -109,7 +110,7 @@ class _Progress:
         def on_chunk(done_rows, n):
             if self.enabled and self.inner is None:
                 self.inner = tqdm(total=n, desc=f"  {label}", unit="img", position=1, leave=False,
-                                  dynamic_ncols=True)
+                                  dynamic_ncols=True, mininterval=0.5)
                 state["last"] = 0
             if self.inner is not None:
                 self.inner.update(done_rows - state["last"])

@@ -4,7 +4,7 @@
 
 Our tables side by side with the paper's numbers (`paper_values`), the figures (`figures`), the
 settings, and what the numbers mean and do not mean at the run's scale. AUCs carry a 95 % bootstrap
-interval over the counted pairs (paired resampling, 1 000 draws, seeded), computed here from the
+interval over the counted pairs (paired resampling, 500 draws, seeded), computed here from the
 per-example scores stored in the cells: the spread a reader needs to judge a difference at small n.
 """
 
@@ -30,7 +30,7 @@ OBJ = {"ce": "CE", "rce": "RCE"}
 DATASET_NAMES = {"mnist": "MNIST", "cifar10": "CIFAR-10"}
 TABLE2_ATTACKS = ("fgsm", "bim", "ilcm", "jsma", "cw", "cw-hc")
 METRICS = ("confidence", "non-me", "kd")
-BOOTSTRAP = 1000
+BOOTSTRAP = 500
 
 
 # ------------------------------------------------------------------------------------ numbers
