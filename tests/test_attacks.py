@@ -214,7 +214,7 @@ def test_jsma_batch_equals_one_by_one(model, batch, output):
 
 # ---------------------------------------------------------------------------------------------- C&W
 
-CW_FAST = dict(binary_search_steps=3, max_iters=40, lr=0.1, initial_const=1.0)
+CW_FAST = dict(binary_search_steps=3, max_iters=40, lr=0.2, initial_const=1.0)
 
 
 def test_cw_targeted_succeeds_with_small_l2_and_stays_in_box(model, batch):
@@ -223,7 +223,7 @@ def test_cw_targeted_succeeds_with_small_l2_and_stays_in_box(model, batch):
     target = random_targets(y, 10, seed=0)
     result = cw_l2(model, x, target=target, **CW_FAST)
     assert in_box(result.x_adv)
-    assert result.success.float().mean() >= 0.75
+    assert result.success.float().mean() >= 0.8
     assert torch.equal(result.success, result.success & (model(result.x_adv).argmax(1) == target))
     l2 = (result.x_adv - x).flatten(1).norm(dim=1)
     assert l2[result.success].median() < 4.0 and torch.equal(result.x_adv[~result.success], x[~result.success])
