@@ -1,9 +1,11 @@
 """Seconds per example of C&W-wb (issue 5) on this machine, next to the paper's 700-1300 s on a P100
 (appendix Table 1, 9 binary steps x 10 000 iterations).
 
-    .venv/bin/python benchmarks/cw_wb_speed.py CHECKPOINT [--n-small 20 --small-iters 100
+    .venv/bin/python benchmarks/cw_wb_speed.py CHECKPOINT [--n-small 10 --small-iters 20
         --n-full 2 --full-cap 240 --threads 0]
 
+0. The cost of one attack iteration (forward + backward of features and logits) at batch 1 and
+   `--n-small`: the unit every C&W-wb time is made of.
 1. Scaled-down budget: both phases 9 binary steps x `--small-iters` Adam iterations on `--n-small`
    images in one batch; also plain C&W-L2 (phase 1 alone) with the same budget in the same process,
    and the ratio.
@@ -55,8 +57,8 @@ class CountingModel(torch.nn.Module):
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("checkpoint")
-    parser.add_argument("--n-small", type=int, default=20)
-    parser.add_argument("--small-iters", type=int, default=100)
+    parser.add_argument("--n-small", type=int, default=10)
+    parser.add_argument("--small-iters", type=int, default=20)
     parser.add_argument("--n-full", type=int, default=2)
     parser.add_argument("--full-cap", type=float, default=240.0, help="seconds before the full run is stopped")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
@@ -81,6 +83,18 @@ def main(argv=None) -> int:
     target = random_targets(y, 10, 0)
     report = {"checkpoint": str(loaded.directory), "objective": loaded.config.objective, "depth": loaded.config.depth,
               "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(), "torch": torch.__version__}
+
+    def iteration_seconds(batch, repeats=5):
+        xb = x[:batch].clone().requires_grad_(True)
+        with torch.enable_grad():
+            t0 = time.perf_counter()
+            for _ in range(repeats):
+                out = model.forward_features(xb)
+                torch.autograd.grad(out.logits.sum() + out.features.sum(), xb)
+        return (time.perf_counter() - t0) / repeats
+
+    report["iteration_seconds"] = {str(b): iteration_seconds(b) for b in sorted({1, args.n_small})}
+    print(json.dumps(report, indent=2), flush=True)
 
     small = {"binary_search_steps": 9, "max_iters": args.small_iters, "initial_const": 1.0}
     xs, ys, ts = x[:args.n_small], y[:args.n_small], target[:args.n_small]

@@ -15,10 +15,14 @@ The paper's protocol attacks a random target class != y (`random_targets(y, L, s
 Speed (all of it from batching, none from changing the algorithm):
 - One forward pass per step: its logits give the loss, the gradient *and* the success bookkeeping.
 - Gradients are taken with respect to w only (the weights get none).
-- Per-example early abort: every max_iters // 10 steps each example whose own loss has not improved by
-  0.01 % leaves the working batch for the rest of this binary step (Carlini's check, applied per
-  example instead of to the batch's summed loss, which keeps every example running until all stall).
-  Adam is written out so its state can be dropped with the example.
+- Per-example early abort: every max_iters // 10 iterations of a binary step, an example whose own
+  loss has not improved by 0.01 % ends that step (Carlini's check, applied per example instead of to
+  the batch's summed loss, which keeps every example running until all of them stall).
+- Continuous batching: each example runs its own binary search. When its step ends it updates its c
+  and restarts in place, so the working batch stays full instead of waiting for the slowest example
+  of every step; examples leave the batch when their last step ends. Adam is written out so its
+  state (and its bias-correction step count) is per row. Each example follows exactly the trajectory
+  it would follow alone (tested), so results do not depend on the batch.
 
 Differences from the authors' code (P2333/Reverse-Cross-Entropy): their C&W runs used only 10
 iterations per binary-search step (`max_iterations=10`); we default to the paper's 10 000. The L2 term
@@ -90,6 +94,7 @@ def cw_l2_search(model, x: torch.Tensor, labels: torch.Tensor, *, targeted: bool
         def forward(inp):
             return model(inp), None
 
+    B = int(binary_search_steps)
     const = torch.full((n,), float(initial_const), device=device, dtype=dtype)
     lower = torch.zeros(n, device=device, dtype=dtype)
     upper = torch.full((n,), float("inf"), device=device, dtype=dtype)
@@ -98,76 +103,100 @@ def cw_l2_search(model, x: torch.Tensor, labels: torch.Tensor, *, targeted: bool
     w_start = to_tanh_space(x_start)
     check_every = max(1, max_iters // 10)
     b1, b2 = ADAM_BETAS
+    inf = torch.tensor(float("inf"), device=device, dtype=dtype)
 
+    # The working batch: one row per example still searching, each at its *own* binary-search step
+    # and iteration. A row whose step ends (max_iters reached or early abort) updates its example's
+    # binary search and restarts in place with the next c, so the batch stays full until examples run
+    # out of steps; each example follows exactly the trajectory it would follow alone.
+    idx = torch.arange(n, device=device)
+    bstep = torch.zeros(n, dtype=torch.long, device=device)  # binary step of each example
+    w = w_start.clone()
+    m, v = torch.zeros_like(w), torch.zeros_like(w)
+    it = torch.zeros(n, dtype=torch.long, device=device)  # iteration within the row's current step
+    c = const.clone()
+    prev = torch.full((n,), float("inf"), device=device, dtype=dtype)
+    found = torch.zeros(n, dtype=torch.bool, device=device)  # success seen in the row's current step
+    lab, ref = labels, x_ref
     bar = None
     if progress:
         from tqdm.auto import tqdm
-        bar = tqdm(total=binary_search_steps, desc="c&w binary steps", leave=False)
-    for step in range(binary_search_steps):
-        if binary_search_steps >= 10 and step == binary_search_steps - 1:
-            const = torch.minimum(upper, torch.full_like(upper, CONST_UPPER))  # Carlini: repeat with the best c
-        idx = torch.arange(n, device=device)  # the working batch: rows of the full batch still optimising
-        w = w_start.clone()
-        m, v = torch.zeros_like(w), torch.zeros_like(w)
-        c, lab, ref = const.clone(), labels, x_ref
-        prev = torch.full((n,), float("inf"), device=device, dtype=dtype)
-        found = torch.zeros(n, dtype=torch.bool, device=device)
-        for it in range(max_iters):
-            w.requires_grad_(True)
-            x_adv = from_tanh_space(w)
-            logits, features = forward(x_adv)
-            l2sq = (x_adv - ref).square().flatten(1).sum(1)
-            margin = logit_margin(logits, lab, targeted)
-            f = (kappa - margin).clamp(min=0.0)  # = max(-margin, -kappa) + kappa, same gradient
-            loss = l2sq + c * f
-            if extra_loss is not None:
-                extra = extra_loss(x_adv, logits, features, idx)
-                loss = loss + (c * extra if scale_extra_by_const else extra)
-            (grad,) = torch.autograd.grad(loss.sum(), w)
-            w = w.detach()
-            with torch.no_grad():
-                loss, x_adv, l2sq, margin = loss.detach(), x_adv.detach(), l2sq.detach(), margin.detach()
-                keep = None
-                if abort_early and it % check_every == 0:
-                    stalled = loss > prev * ABORT_TOLERANCE
-                    prev = torch.where(stalled, prev, loss)
-                    if stalled.any():
-                        keep = ~stalled
-                # Success of the point just evaluated (before the Adam step), as in Carlini's code;
-                # examples that abort at this check are not recorded, also as there.
-                ok = margin > kappa
-                if extra_success is not None:
-                    ok &= extra_success(x_adv, logits.detach(), None if features is None else features.detach(), idx)
-                if keep is not None:
-                    ok &= keep
-                better = ok & (l2sq < best_l2sq[idx])
-                rows = idx[better]
-                best_l2sq[rows] = l2sq[better]
-                best_x[rows] = x_adv[better]
-                found[idx[ok]] = True
-                # Adam (bias-corrected, as torch.optim.Adam / foolbox), kept per row so rows can leave.
-                m.mul_(b1).add_(grad, alpha=1 - b1)
-                v.mul_(b2).addcmul_(grad, grad, value=1 - b2)
-                m_hat = m / (1 - b1 ** (it + 1))
-                v_hat = v / (1 - b2 ** (it + 1))
-                w = w - lr * m_hat / (v_hat.sqrt() + ADAM_EPS)
-                if keep is not None:
-                    idx, w, m, v, c, prev = idx[keep], w[keep], m[keep], v[keep], c[keep], prev[keep]
+        bar = tqdm(total=n * B, desc="c&w binary steps", unit="step", leave=False)
+    while idx.numel():
+        w.requires_grad_(True)
+        x_adv = from_tanh_space(w)
+        logits, features = forward(x_adv)
+        l2sq = (x_adv - ref).square().flatten(1).sum(1)
+        margin = logit_margin(logits, lab, targeted)
+        f = (kappa - margin).clamp(min=0.0)  # = max(-margin, -kappa) + kappa, same gradient
+        loss = l2sq + c * f
+        if extra_loss is not None:
+            extra = extra_loss(x_adv, logits, features, idx)
+            loss = loss + (c * extra if scale_extra_by_const else extra)
+        (grad,) = torch.autograd.grad(loss.sum(), w)
+        w = w.detach()
+        with torch.no_grad():
+            loss, x_adv, l2sq, margin = loss.detach(), x_adv.detach(), l2sq.detach(), margin.detach()
+            # Carlini's early abort, per example: every check_every iterations of a step, stop the
+            # step if the loss has not improved by 0.01 % since the last check.
+            stalled = torch.zeros_like(found)
+            if abort_early:
+                check = it % check_every == 0
+                stalled = check & (loss > prev * ABORT_TOLERANCE)
+                prev = torch.where(check & ~stalled, loss, prev)
+            # Success of the point just evaluated (before the Adam step), as in Carlini's code; an
+            # example that aborts at this check is not recorded, also as there.
+            ok = (margin > kappa) & ~stalled
+            if extra_success is not None:
+                ok &= extra_success(x_adv, logits.detach(), None if features is None else features.detach(), idx)
+            better = ok & (l2sq < best_l2sq[idx])
+            rows = idx[better]
+            best_l2sq[rows] = l2sq[better]
+            best_x[rows] = x_adv[better]
+            found |= ok
+            # Adam (bias-corrected, as torch.optim.Adam / foolbox), per row: rows have their own step t.
+            t = (it + 1).to(dtype)
+            shape = (-1,) + (1,) * (w.dim() - 1)
+            m.mul_(b1).add_(grad, alpha=1 - b1)
+            v.mul_(b2).addcmul_(grad, grad, value=1 - b2)
+            m_hat = m / (1 - b1 ** t).view(shape)
+            v_hat = v / (1 - b2 ** t).view(shape)
+            w = w - lr * m_hat / (v_hat.sqrt() + ADAM_EPS)
+            it += 1
+            ended = stalled | (it >= max_iters)
+            if ended.any():
+                # Modified binary search (Carlini & Wagner) for the examples whose step ended:
+                # success -> bisect down; failure -> bisect up, or x10 while no success was ever seen.
+                e, hit, ce = idx[ended], found[ended], c[ended]
+                upper[e] = torch.where(hit, torch.minimum(upper[e], ce), upper[e])
+                lower[e] = torch.where(hit, lower[e], torch.maximum(lower[e], ce))
+                const[e] = torch.where(upper[e] < 1e9, (lower[e] + upper[e]) / 2, ce * 10)
+                bstep[e] += 1
+                if B >= 10:  # Carlini: the last step repeats the search with the best c found
+                    last = e[bstep[e] == B - 1]
+                    const[last] = torch.minimum(upper[last], torch.full_like(upper[last], CONST_UPPER))
+                if bar is not None:
+                    bar.update(int(ended.sum()))
+                    bar.set_postfix(success=f"{(best_l2sq < inf).float().mean().item():.0%}", working=idx.numel())
+                # Rows with steps left restart in place; rows without leave the working batch.
+                restart = ended & (bstep[idx] < B)
+                if restart.any():
+                    r = idx[restart]
+                    w[restart] = w_start[r]
+                    m[restart] = 0.0
+                    v[restart] = 0.0
+                    it[restart] = 0
+                    prev[restart] = float("inf")
+                    found[restart] = False
+                    c[restart] = const[r]
+                keep = ~ended | restart
+                if not keep.all():
+                    idx, w, m, v, it, c, prev, found = (t_[keep] for t_ in (idx, w, m, v, it, c, prev, found))
                     lab, ref = lab[keep], ref[keep]
-                    if idx.numel() == 0:
-                        break
-        # Modified binary search (Carlini & Wagner): success -> bisect down; failure -> bisect up, or x10
-        # while no success has been seen at all.
-        upper = torch.where(found, torch.minimum(upper, const), upper)
-        lower = torch.where(found, lower, torch.maximum(lower, const))
-        const = torch.where(upper < 1e9, (lower + upper) / 2, const * 10)
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix(success=f"{(best_l2sq < float('inf')).float().mean().item():.0%}")
     if bar is not None:
         bar.close()
-    found_any = best_l2sq < float("inf")
-    return CWOutput(best_x, found_any, best_l2sq.sqrt(), torch.where(found_any, upper, torch.full_like(upper, float("inf"))))
+    found_any = best_l2sq < inf
+    return CWOutput(best_x, found_any, best_l2sq.sqrt(), torch.where(found_any, upper, inf.expand_as(upper)))
 
 
 def cw_l2(model, x: torch.Tensor, y=None, *, target=None, kappa: float = 0.0, binary_search_steps: int = 9,
