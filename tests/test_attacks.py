@@ -234,10 +234,10 @@ def test_cw_targeted_succeeds_with_small_l2_and_stays_in_box(model, batch):
 
 def test_cw_high_confidence_reaches_the_margin(model, batch):
     x, y = batch
-    x, y = x[8:12], y[8:12]
+    x, y = x[8:11], y[8:11]
     result = cw_l2(model, x, y, kappa=5.0, **CW_FAST)  # untargeted
     margins = logit_margin(model(result.x_adv).detach(), y, targeted=False)
-    assert result.success.float().mean() >= 0.5
+    assert result.success.sum() >= 2
     assert (margins[result.success] > 5.0 - 1e-3).all()
 
 
@@ -245,7 +245,7 @@ def test_cw_batch_equals_one_by_one_with_per_example_abort(model, batch):
     """Dropping aborted examples from the working batch must not couple examples (eval-mode BN)."""
     x, y = batch
     x, target = x[:3], random_targets(y[:3], 10, seed=2)
-    settings = dict(binary_search_steps=2, max_iters=20, lr=0.3, initial_const=1.0, abort_early=True)
+    settings = dict(binary_search_steps=2, max_iters=15, lr=0.3, initial_const=1.0, abort_early=True)
     sizes = []
 
     def watch(x_adv, logits, features, idx):

