@@ -29,6 +29,7 @@ from ._common import add_data_dir_argument, add_device_argument
 
 METRIC_NAMES = ("confidence", "non-me", "kd")
 REPORT_QUANTILES = (0.0, 0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 1.0)
+RESPLITS = 100
 
 
 def register(subparsers) -> None:
@@ -278,6 +279,26 @@ def _quantiles(scores: torch.Tensor) -> dict:
     return {f"{q:g}": float(v) for q, v in zip(REPORT_QUANTILES, values)}
 
 
+def _resplit_rates(calibration_scores, evaluation_scores, fpr: float, splits: int = RESPLITS) -> dict:
+    """Rejection rate of held-out clean inputs over `splits` other random calibration/evaluation splits of
+    the same pooled scores (seeds 1..splits): its mean shows whether the threshold rule is biased, its
+    spread how far one split may land from `fpr` by chance."""
+    from ..detectors import threshold_at_fpr
+    from ..evaluation import rejection_rate
+
+    pool = torch.cat([calibration_scores, evaluation_scores])
+    n_cal = calibration_scores.numel()
+    rates = []
+    for seed in range(1, splits + 1):
+        order = torch.randperm(pool.numel(), generator=torch.Generator().manual_seed(seed))
+        threshold = threshold_at_fpr(pool[order[:n_cal]], fpr)
+        rates.append(rejection_rate(pool[order[n_cal:]], threshold))
+    rates = np.array(rates)
+    return {"splits": splits, "mean": float(rates.mean()), "std": float(rates.std(ddof=1)),
+            "min": float(rates.min()), "max": float(rates.max()),
+            "within_1pp": float(np.mean(np.abs(rates - fpr) <= 0.01))}
+
+
 def _report(session) -> dict:
     from ..evaluation import rejection_rate
 
@@ -313,6 +334,7 @@ def _report(session) -> dict:
             "rejection_rate_stderr": math.sqrt(max(rate * (1 - rate), 1e-12) / n),
             "n_evaluation": n,
             "rejection_rate_correct": rejection_rate(scores[correct], detector.threshold_) if correct.any() else None,
+            "rejection_rate_other_splits": _resplit_rates(detector.calibration_scores_, scores, detector.fpr_),
             "calibration_quantiles": _quantiles(detector.calibration_scores_),
             "evaluation_quantiles": _quantiles(scores),
         }
@@ -326,11 +348,15 @@ def _print_report(report: dict) -> None:
           f"measured on perm[{ev['start']}:{ev['stop']}] (seed {cal['permutation_seed']}; "
           f"accuracy {100 * ev['accuracy']:.2f} %)")
     head = " ".join(f"q{q:g}".rjust(11) for q in REPORT_QUANTILES)
-    print(f"{'metric':<11}{'threshold':>12}{'rejected':>10} {head}")
+    print(f"{'metric':<11}{'threshold':>12}{'rejected':>10}{'resplits':>16} {head}")
     for name, m in report["metrics"].items():
         quants = " ".join(f"{v:11.6g}" for v in m["evaluation_quantiles"].values())
-        print(f"{name:<11}{m['threshold']:12.6g}{100 * m['rejection_rate']:9.2f}% {quants}")
-    print("(quantiles of the held-out clean scores; confidence scores are log(F/(1-F)))")
+        other = m["rejection_rate_other_splits"]
+        print(f"{name:<11}{m['threshold']:12.6g}{100 * m['rejection_rate']:9.2f}%"
+              f"{100 * other['mean']:9.2f}±{100 * other['std']:.2f}% {quants}")
+    print(f"(rejected: held-out clean inputs rejected; resplits: mean ± std of that rate over "
+          f"{RESPLITS} other random splits of the same test images; quantiles of the held-out clean scores; "
+          f"confidence scores are log(F/(1-F)))")
 
 
 # ------------------------------------------------------------------------------------------- run
