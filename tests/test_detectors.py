@@ -293,7 +293,6 @@ def test_threshold_at_fpr_rejects_at_most_and_as_many_as_possible(fpr):
 
 
 def test_threshold_detector_sklearn_conventions_and_held_out_fpr():
-    g = torch.Generator().manual_seed(0)
     calib = _logits(n=5000, scale=3.0, seed=10)
     held_out = _logits(n=20000, scale=3.0, seed=11)
     det = ThresholdDetector(NonMEMetric(), fpr=0.05)
@@ -314,7 +313,6 @@ def test_threshold_detector_sklearn_conventions_and_held_out_fpr():
     fixed = ThresholdDetector(ConfidenceMetric(), threshold=0.0).fit()
     assert fixed.threshold_ == 0.0
     assert torch.equal(fixed.predict(held_out) == 1, confidence(held_out) > 0.5)
-    del g
 
 
 def test_threshold_detector_errors():

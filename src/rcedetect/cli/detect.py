@@ -30,6 +30,8 @@ from ._common import add_data_dir_argument, add_device_argument
 METRIC_NAMES = ("confidence", "non-me", "kd")
 REPORT_QUANTILES = (0.0, 0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 1.0)
 RESPLITS = 100
+# Metric-specific command-line options, passed to the METRICS factory.
+METRIC_OPTIONS = {"kd": lambda args: {"n_per_class": args.n_per_class, "bandwidth_sq": args.bandwidth_sq}}
 
 
 def register(subparsers) -> None:
@@ -223,9 +225,7 @@ class _Session:
     def new_metric(self, name):
         from ..detectors import METRICS
 
-        kwargs = {}
-        if name == "kd":
-            kwargs = {"n_per_class": self.args.n_per_class, "bandwidth_sq": self.args.bandwidth_sq}
+        kwargs = METRIC_OPTIONS.get(name, lambda args: {})(self.args)
         return METRICS[name](self.config.objective, **kwargs)
 
     def fit_settings(self, name):
@@ -269,8 +269,8 @@ class _Session:
         try:
             save_detector(detector, self.ckpt.directory, metadata=settings)
         except OSError as exc:
-            print(f"warning: could not save the detector beside the checkpoint ({exc}); it will be refitted next time",
-                  file=sys.stderr)
+            print(f"warning: could not save the detector beside the checkpoint ({exc}); "
+                  f"it will be refitted next time", file=sys.stderr)
         return detector
 
 

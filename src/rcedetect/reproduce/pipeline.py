@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 from .. import __version__
-from ..attacks import ATTACKS, random_noise, random_targets
+from ..attacks import ATTACKS, random_noise
 from ..checkpoints import SIDECAR_FILE, WEIGHTS_FILE, atomic_write_json, load_checkpoint
 from ..config import preset_config
 from ..data import DATASETS, load_dataset
@@ -240,11 +240,17 @@ class Reproduction:
         return train(config, directory, device=self.device, resume=True, progress=self.progress_enabled,
                      data_dir=self.data_dir)
 
+    def on_device(self, x: torch.Tensor) -> torch.Tensor:
+        """Images on the run's device in the models' channels_last layout."""
+        return x.to(self.device).contiguous(memory_format=torch.channels_last)
+
     def model(self, which: int, objective: str):
         key = (which, objective)
         if key not in self._models:
             directory = self.ensure_trained(which, objective)
-            self._models[key] = load_checkpoint(directory, device=self.device).model
+            # channels_last: the layout training used, ~20 % faster convolutions on CPU.
+            self._models[key] = load_checkpoint(directory, device=self.device).model.to(
+                memory_format=torch.channels_last)
         return self._models[key]
 
     def kd(self, which: int, objective: str) -> KernelDensity:
@@ -326,7 +332,7 @@ class Reproduction:
                 state["targets"] = (spec.targets(model, x.to(self.device), y.to(self.device), seed=self.seed)
                                     if spec.target_rule is not None and attack != "ilcm" else None)
             targets = state["targets"]
-            result = spec(model, x[start:stop].to(self.device), y[start:stop].to(self.device), eps=eps,
+            result = spec(model, self.on_device(x[start:stop]), y[start:stop].to(self.device), eps=eps,
                           target=None if targets is None else targets[start:stop], seed=self.seed, **settings)
             return {"x_adv": result.x_adv, "success": result.success}
 

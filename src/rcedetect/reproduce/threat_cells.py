@@ -50,7 +50,7 @@ def cwwb_examples(rep, kappa: float, objective: str, *, lo: float = 0.0, hi: flo
 
     def chunk(start, stop):
         dev = rep.device
-        result = cw_wb(model, x[start:stop].to(dev), y[start:stop].to(dev), kd, target=targets[start:stop].to(dev),
+        result = cw_wb(model, rep.on_device(x[start:stop]), y[start:stop].to(dev), kd, target=targets[start:stop].to(dev),
                        kappa=float(kappa), seed=rep.seed, **p.cwwb_settings)
         return result._asdict()
 
@@ -123,8 +123,8 @@ def table4_cell(rep, substitute: str, target: str) -> dict:
         return {**out, "n_target_clean_correct": 0, "n_counted": 0, "transfer_rate_percent": None, "auc": None,
                 "adversarial_rejected_percent": None}
     dev = rep.device
-    row = transfer_evaluation(rep.model(1, target), kd_detector(rep, 1, target), x[fed].to(dev), y[fed].to(dev),
-                              result.x_adv[fed].to(dev))
+    row = transfer_evaluation(rep.model(1, target), kd_detector(rep, 1, target), rep.on_device(x[fed]), y[fed].to(dev),
+                              rep.on_device(result.x_adv[fed]))
     return {**out, **row}
 
 
@@ -152,7 +152,7 @@ def adaptive_cell(rep, objective: str) -> dict:
 
     def chunk(start, stop):
         dev = rep.device
-        curve = adaptive_curve(model, detectors, x[start:stop].to(dev), y[start:stop].to(dev),
+        curve = adaptive_curve(model, detectors, rep.on_device(x[start:stop]), y[start:stop].to(dev),
                                eps_values=p.adaptive_eps, methods=methods, seed=rep.seed, **settings)
         tensors = {"count": torch.tensor([[float(stop - start)]], dtype=torch.float64),
                    "clean_accuracy": torch.tensor([[curve["clean_accuracy"]]], dtype=torch.float64),
