@@ -120,9 +120,9 @@ def train(config: TrainConfig, out_dir, *, device="cpu", resume: bool = False, p
         x = x.contiguous(memory_format=torch.channels_last)
         y = labels[index]
         logits = model(x)
-        loss = loss_fn(logits, y)
+        loss = loss_fn(logits, y)  # shown unscaled; the gradient step uses loss_scale
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        (loss * config.loss_scale).backward()
         optimizer.step()
 
         window_images += y.shape[0]

@@ -14,3 +14,7 @@ def add_data_dir_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", default=None,
                         help="dataset folder (default: $RCEDETECT_DATA_DIR, else ~/.cache/rcedetect/data); "
                              "missing files are downloaded and md5-verified")
+
+
+def add_checkpoint_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("checkpoint", help="checkpoint folder written by 'rcedetect train' (model.safetensors + model.json)")

@@ -30,13 +30,13 @@ SETTINGS = {
 
 def register(subparsers) -> None:
     from ..attacks import ATTACKS
-    from ._common import add_data_dir_argument, add_device_argument
+    from ._common import add_checkpoint_argument, add_data_dir_argument, add_device_argument
 
     parser = subparsers.add_parser(
         "attack", help="craft adversarial examples against a checkpoint",
         description="Run one of the paper's attacks (section 2.3, appendix B.2-B.3) on test images and save "
                     "the adversarial examples with clean inputs, labels, targets and success flags.")
-    parser.add_argument("checkpoint", help="checkpoint folder written by 'rcedetect train'")
+    add_checkpoint_argument(parser)
     parser.add_argument("--attack", required=True, choices=list(ATTACKS) + list(_threat_models.ATTACK_NAMES),
                         help="; ".join(f"{name}: {spec.description}" for name, spec in ATTACKS.items())
                         + "; cw-wb / cw-wb-hc: white-box C&W against the K-density detector (kappa 0 / 5); "

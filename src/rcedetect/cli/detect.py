@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError
-from ._common import add_data_dir_argument, add_device_argument
+from ._common import add_checkpoint_argument, add_data_dir_argument, add_device_argument
 
 METRIC_NAMES = ("confidence", "non-me", "kd")
 REPORT_QUANTILES = (0.0, 0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 1.0)
@@ -39,7 +39,7 @@ def register(subparsers) -> None:
         "detect", help="classify inputs or reject them as adversarial (NOT SURE)",
         description="Thresholding detector of Pang et al. 2018: print the label or NOT SURE for each input, "
                     "or (--report) the clean-data score distributions and the measured false-positive rate.")
-    parser.add_argument("checkpoint", help="checkpoint folder written by 'rcedetect train'")
+    add_checkpoint_argument(parser)
     parser.add_argument("--metric", choices=METRIC_NAMES, default=None,
                         help="detection metric (default: kd; with --report all three)")
     mode = parser.add_mutually_exclusive_group(required=True)

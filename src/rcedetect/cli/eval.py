@@ -4,12 +4,12 @@ import json
 import time
 from pathlib import Path
 
-from ._common import add_data_dir_argument, add_device_argument
+from ._common import add_checkpoint_argument, add_data_dir_argument, add_device_argument
 
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser("eval", help="test error of a trained checkpoint (Table 1 row)")
-    parser.add_argument("checkpoint", help="checkpoint folder written by 'rcedetect train'")
+    add_checkpoint_argument(parser)
     parser.add_argument("--json", dest="json_out", default=None,
                         help="where to write the result (default: CHECKPOINT/eval.json)")
     add_device_argument(parser)

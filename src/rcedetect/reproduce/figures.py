@@ -114,23 +114,33 @@ def figure4_examples(records, out: Path):
     return _save(fig, out / "figure4_cwwb_examples.png")
 
 
-def appendix_figure1_rand(records, out: Path):
-    results = [_result(records, f"rand.{o}") for o in OBJECTIVES]
+def _objective_curves(records, cell: str, x_key: str, y_key: str, *, y_scale: float, xlabel: str, ylabel: str,
+                      title: str, filename: str, out: Path, decorate=None):
+    """One line per objective (CE, RCE) of `cell`.{ce,rce}'s result[y_key] * y_scale against result[x_key]."""
+    results = [_result(records, f"{cell}.{o}") for o in OBJECTIVES]
     if any(r is None for r in results):
         return None
     plt = _plt()
     fig, ax = plt.subplots(figsize=(4.8, 3.4))
     for obj, res in zip(OBJECTIVES, results):
-        order = np.argsort(res["eps"])
-        ax.plot(np.asarray(res["eps"])[order], np.asarray(res["error"])[order] * 100, "o-", color=COLORS[obj],
+        order = np.argsort(res[x_key])
+        ax.plot(np.asarray(res[x_key])[order], np.asarray(res[y_key])[order] * y_scale, "o-", color=COLORS[obj],
                 label=f"ResNet-{_depth(records, obj)} ({LABELS[obj]})")
-    ax.axvline(0.04, color="gray", ls=":", lw=1, label="paper's eps = 0.04")
-    ax.set_xlabel("RAND noise eps (U(-eps, eps), [0, 1] units)")
-    ax.set_ylabel("test error (%)")
-    ax.set_title(f"Error on noisy examples (n = {results[0]['n']})")
+    if decorate is not None:
+        decorate(ax)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(f"{title} (n = {results[0]['n']})")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    return _save(fig, out / "appendix_figure1_rand.png")
+    return _save(fig, out / filename)
+
+
+def appendix_figure1_rand(records, out: Path):
+    return _objective_curves(
+        records, "rand", "eps", "error", y_scale=100, out=out, filename="appendix_figure1_rand.png",
+        xlabel="RAND noise eps (U(-eps, eps), [0, 1] units)", ylabel="test error (%)", title="Error on noisy examples",
+        decorate=lambda ax: ax.axvline(0.04, color="gray", ls=":", lw=1, label="paper's eps = 0.04"))
 
 
 def _counted_kd(res):
@@ -169,22 +179,14 @@ def appendix_figures2_3_histograms(records, out: Path):
 
 
 def appendix_figure4_fixed_c(records, out: Path):
-    results = [_result(records, f"cwc.{o}") for o in OBJECTIVES]
-    if any(r is None for r in results):
-        return None
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(4.8, 3.4))
-    for obj, res in zip(OBJECTIVES, results):
-        ax.plot(res["c"], np.asarray(res["accuracy"]) * 100, "o-", color=COLORS[obj],
-                label=f"ResNet-{_depth(records, obj)} ({LABELS[obj]})")
-    ax.set_xscale("log")
-    ax.set_xlabel("C&W constant c (no binary search)")
-    ax.set_ylabel("accuracy under C&W (%)")
-    ax.set_title(f"C&W with a fixed c (n = {results[0]['n']})")
-    ax.set_ylim(-2, 102)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    return _save(fig, out / "appendix_figure4_cw_fixed_c.png")
+    def decorate(ax):
+        ax.set_xscale("log")
+        ax.set_ylim(-2, 102)
+
+    return _objective_curves(
+        records, "cwc", "c", "accuracy", y_scale=100, out=out, filename="appendix_figure4_cw_fixed_c.png",
+        xlabel="C&W constant c (no binary search)", ylabel="accuracy under C&W (%)", title="C&W with a fixed c",
+        decorate=decorate)
 
 
 def adaptive_curve(records, out: Path):

@@ -202,10 +202,11 @@ class _Report:
             "seed, package version, git commit, device and wall time in `cells/<name>.json`. Numbers in "
             "the *paper* columns are transcribed from the paper (Tables 1–4, appendix Tables 1–2).",
             f"Scale of this run: ResNet-{self.depths[0]} trained for {steps_text} steps (paper: {paper_steps}); "
-            f"{n.get('fgsm', '?')} attacked test images for FGSM/BIM/ILCM, {n.get('jsma', '?')} for JSMA, "
+            f"{n.get('fgsm', '?')}/{n.get('bim', '?')}/{n.get('ilcm', '?')} attacked test images for FGSM/BIM/ILCM, "
+            f"{n.get('jsma', '?')} for JSMA, "
             f"{n.get('cw', '?')} for C&W and C&W-hc (paper: 1 000 each); C&W budget "
             f"{cw.get('binary_search_steps', '?')} binary-search steps × {cw.get('max_iters', '?')} iterations "
-            f"from c = {cw.get('initial_const', '?')} (paper: 9 × 10 000 from 10⁻³).",
+            f"from c = {cw.get('initial_const', '?')}, Adam lr {cw.get('lr', 0.01)} (paper: 9 × 10 000 from 10⁻³, lr 0.01).",
             "AUC-scores follow the paper: normal inputs are the positive class, higher score = more normal, "
             "and only pairs whose clean image is classified correctly *and* whose adversarial twin is "
             "misclassified are counted (*n counted*). Brackets give a 95 % bootstrap interval over those "
@@ -395,26 +396,25 @@ class _Report:
                    f"with this run's budgets; paper: P100 GPU, 9 × 10 000 C&W iterations, JSMA ≤ 100 pixels.")
         self.doc.table(["attack", "obj.", "budget (this run)", "ours (s)", "paper (s)"], rows)
 
+    def figure_section(self, title, name, caption):
+        """A section with one figure and the paper's claim about it (`paper.FIGURE_CLAIMS[name]`)."""
+        self.doc.h(2, title)
+        self.figure(name, caption)
+        self.doc.p("Paper: " + paper.FIGURE_CLAIMS[name])
+
     def figures_oblivious(self):
-        d = self.doc
-        d.h(2, "Figure 1 (right) — t-SNE of the final hidden features")
-        self.figure("figure1", "Figure 1 (right). t-SNE of the final hidden features of clean test images, CE (left) vs RCE (right).")
-        d.p("Paper: " + paper.FIGURE_CLAIMS["figure1"])
-        d.h(2, "Figure 3 — accuracy on adversarial examples")
-        self.figure("figure3", "Figure 3. Classification accuracy on adversarial examples vs the attack budget.")
-        d.p("Paper: " + paper.FIGURE_CLAIMS["figure3"])
+        self.figure_section("Figure 1 (right) — t-SNE of the final hidden features", "figure1",
+                            "Figure 1 (right). t-SNE of the final hidden features of clean test images, CE (left) vs RCE (right).")
+        self.figure_section("Figure 3 — accuracy on adversarial examples", "figure3",
+                            "Figure 3. Classification accuracy on adversarial examples vs the attack budget.")
 
     def appendix_figures(self):
-        d = self.doc
-        d.h(2, "Appendix Figure 1 — error on RAND noise")
-        self.figure("appendix_figure1", "Appendix Figure 1. Test error on noisy inputs x + U(−ε, ε).")
-        d.p("Paper: " + paper.FIGURE_CLAIMS["appendix_figure1"])
-        d.h(2, "Appendix Figures 2–3 — K-density of normal, noisy and adversarial inputs")
-        self.figure("appendix_figures2_3", "Appendix Figures 2–3. Histograms of log K-density; adversarial examples are the counted pairs of Table 2.")
-        d.p("Paper: " + paper.FIGURE_CLAIMS["appendix_figures2_3"])
-        d.h(2, "Appendix Figure 4 — accuracy under C&W with a fixed c")
-        self.figure("appendix_figure4", "Appendix Figure 4. Accuracy under C&W-L2 with one binary-search step at a fixed c.")
-        d.p("Paper: " + paper.FIGURE_CLAIMS["appendix_figure4"])
+        self.figure_section("Appendix Figure 1 — error on RAND noise", "appendix_figure1",
+                            "Appendix Figure 1. Test error on noisy inputs x + U(−ε, ε).")
+        self.figure_section("Appendix Figures 2–3 — K-density of normal, noisy and adversarial inputs", "appendix_figures2_3",
+                            "Appendix Figures 2–3. Histograms of log K-density; adversarial examples are the counted pairs of Table 2.")
+        self.figure_section("Appendix Figure 4 — accuracy under C&W with a fixed c", "appendix_figure4",
+                            "Appendix Figure 4. Accuracy under C&W-L2 with one binary-search step at a fixed c.")
 
     def adaptive(self):
         d = self.doc
