@@ -149,16 +149,16 @@ def _quick(dataset: str) -> ReproPreset:
     return ReproPreset(
         dataset=dataset, name="quick", train_preset="quick",
         train_steps=(None, 100 if dataset == "mnist" else 300),
-        n_attack={"fgsm": 500, "bim": 300, "ilcm": 300, "jsma": 150, "cw": 30, "cw-hc": 30}, eps=dict(eps),
+        n_attack={"fgsm": 500, "bim": 300, "ilcm": 300, "jsma": 120, "cw": 30, "cw-hc": 30}, eps=dict(eps),
         attack_settings={"jsma": _jsma_settings(50), "cw": dict(cw), "cw-hc": dict(cw)},
-        fig3_eps=QUICK_EPS_GRID, fig3_n=60, fig3_jsma_n=30,
-        rand_eps=(0.0, 0.04) + QUICK_EPS_GRID, rand_n=1000, hist_rand_eps=HIST_RAND_EPS[dataset],
+        fig3_eps=QUICK_EPS_GRID, fig3_n=60, fig3_jsma_n=20,
+        rand_eps=(0.0, 0.04) + QUICK_EPS_GRID, rand_n=500, hist_rand_eps=HIST_RAND_EPS[dataset],
         tsne_n=1000,
-        cw_fixed_c=(0.1, 1.0, 10.0), cw_fixed_n=30, cw_fixed_settings={"max_iters": 100, "lr": 0.1},
+        cw_fixed_c=(0.1, 1.0, 10.0), cw_fixed_n=20, cw_fixed_settings={"max_iters": 100, "lr": 0.1},
         cwwb_n=16, cwwb_settings={"binary_search_steps": 2, "max_iters": 100, "initial_const": 1.0, "lr": 0.1,
                                   "attack_bank_size": 100},
         adaptive_eps=(0.0, 0.04, 0.1, 0.2) if dataset == "mnist" else (0.0, 0.01, 0.02, 0.04),
-        adaptive_n=50, adaptive_settings={"steps": 10, "restarts": 1, "norm": "linf", "methods": ["logit", "selective"]},
+        adaptive_n=40, adaptive_settings={"steps": 10, "restarts": 1, "norm": "linf", "methods": ["logit", "selective"]},
     )
 
 
