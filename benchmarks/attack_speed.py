@@ -93,10 +93,25 @@ def main(argv=None):
     wanted = set(args.attacks.split(","))
     rows = []  # (attack, implementation, seconds/example, success, distortion, distance name)
 
-    def record(attack, impl, x, result_fn, distance, labels, targeted, warmup=None):
+    def record(attack, impl, x, result_fn, distance, labels, targeted, warmup=None, repeats=3):
+        """Time `result_fn` -> (x_adv, has_flags). Every implementation is timed to the same product,
+        adversarial examples *and* per-example success flags: ours return the flags (has_flags True);
+        the peers return images only, so their timing includes the one forward pass that gives them.
+        Runs under 2 s are repeated and the best of `repeats` kept (short calls are noisy)."""
         if warmup is not None:
             warmup()  # first calls pay one-off allocation/import costs; keep them out of the timing
-        (x_adv, _), seconds = timed(result_fn)
+
+        def run():
+            x_adv, has_flags = result_fn()
+            if not has_flags:
+                with torch.no_grad():
+                    model(x_adv).argmax(1)
+            return x_adv
+
+        x_adv, seconds = timed(run)
+        if seconds < 2.0:
+            for _ in range(repeats - 1):
+                seconds = min(seconds, timed(run)[1])
         with torch.no_grad():
             pred = model(x_adv).argmax(1)
         success = pred == labels if targeted else pred != labels
@@ -111,12 +126,12 @@ def main(argv=None):
         ta = import_torchattacks()
     x2, y2 = x[:2], y[:2]
     if "fgsm" in wanted:
-        record("fgsm", "rcedetect", x, lambda: (fgsm(model, x, y, eps=eps).x_adv, None), "l2", y, False,
+        record("fgsm", "rcedetect", x, lambda: (fgsm(model, x, y, eps=eps).x_adv, True), "l2", y, False,
                warmup=lambda: fgsm(model, x2, y2, eps=eps))
         record("fgsm", "torchattacks", x, lambda: (ta.FGSM(model, eps=eps)(x, y), None), "l2", y, False,
                warmup=lambda: ta.FGSM(model, eps=eps)(x2, y2))
     if "bim" in wanted:
-        record("bim", "rcedetect", x, lambda: (bim(model, x, y, eps=eps, steps=steps).x_adv, None), "l2", y, False)
+        record("bim", "rcedetect", x, lambda: (bim(model, x, y, eps=eps, steps=steps).x_adv, True), "l2", y, False)
         record("bim", "torchattacks", x, lambda: (ta.BIM(model, eps=eps, alpha=eps / steps, steps=steps)(x, y), None),
                "l2", y, False)
     if "ilcm" in wanted:
@@ -126,13 +141,13 @@ def main(argv=None):
             attack = ta.BIM(model, eps=eps, alpha=eps / steps, steps=steps)
             attack.set_mode_targeted_by_label(quiet=True)
             return attack(x, y_ll), None
-        record("ilcm", "rcedetect", x, lambda: (ilcm(model, x, eps=eps, steps=steps).x_adv, None), "l2", y_ll, True)
+        record("ilcm", "rcedetect", x, lambda: (ilcm(model, x, eps=eps, steps=steps).x_adv, True), "l2", y_ll, True)
         record("ilcm", "torchattacks", x, ta_ilcm, "l2", y_ll, True)
     if "jsma" in wanted:
         adv = import_advertorch()
         xj, yj = x_all[:args.jsma_n], y_all[:args.jsma_n]
         target = random_targets(yj, 10, seed=args.seed)
-        record("jsma", "rcedetect", xj, lambda: (jsma(model, xj, target, gamma=args.jsma_gamma).x_adv, None), "l0",
+        record("jsma", "rcedetect", xj, lambda: (jsma(model, xj, target, gamma=args.jsma_gamma).x_adv, True), "l0",
                target, True)
         attack = adv.attacks.JacobianSaliencyMapAttack(lambda inp: model(inp).softmax(1), num_classes=10,
                                                        theta=1.0, gamma=args.jsma_gamma)
@@ -143,7 +158,7 @@ def main(argv=None):
         target = random_targets(yc, 10, seed=args.seed)
         settings = dict(binary_search_steps=args.cw_binary_steps, lr=1e-2, initial_const=args.cw_const)
         record("cw", "rcedetect", xc, lambda: (cw_l2(model, xc, target=target, max_iters=args.cw_iters,
-                                                     **settings).x_adv, None), "l2", target, True)
+                                                     **settings).x_adv, True), "l2", target, True)
         peers = set(args.cw_peers.split(",")) if args.cw_peers else set()
         if "foolbox" in peers:
             fb = import_foolbox()
