@@ -12,6 +12,7 @@ import base64
 import html
 import json
 import re
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -74,6 +75,79 @@ def _auc_text(res, metric):
 
 
 # ------------------------------------------------------------------------------------- blocks
+# Each block renders itself to Markdown and to HTML (one class per kind instead of a dispatch on a tag).
+@dataclass(frozen=True)
+class Heading:
+    level: int
+    text: str
+
+    def markdown(self) -> str:
+        return "#" * self.level + " " + self.text
+
+    def html(self, run_dir: Path) -> str:
+        return f"<h{self.level}>{_inline(self.text)}</h{self.level}>"
+
+
+@dataclass(frozen=True)
+class Paragraph:
+    text: str
+
+    def markdown(self) -> str:
+        return self.text
+
+    def html(self, run_dir: Path) -> str:
+        return f"<p>{_inline(self.text)}</p>"
+
+
+@dataclass(frozen=True)
+class Bullets:
+    items: tuple
+
+    def markdown(self) -> str:
+        return "\n".join(f"- {item}" for item in self.items)
+
+    def html(self, run_dir: Path) -> str:
+        return "<ul>" + "".join(f"<li>{_inline(i)}</li>" for i in self.items) + "</ul>"
+
+
+@dataclass(frozen=True)
+class Table:
+    headers: tuple
+    rows: tuple
+
+    def markdown(self) -> str:
+        lines = ["| " + " | ".join(self.headers) + " |", "|" + "|".join(" --- " for _ in self.headers) + "|"]
+        lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in self.rows]
+        return "\n".join(lines)
+
+    def html(self, run_dir: Path) -> str:
+        head = "".join(f"<th>{_inline(h)}</th>" for h in self.headers)
+        rows = "".join("<tr>" + "".join(f"<td>{_inline(str(c))}</td>" for c in row) + "</tr>" for row in self.rows)
+        return f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"
+
+
+@dataclass(frozen=True)
+class Image:
+    path: str  # relative to the run folder
+    caption: str
+
+    def markdown(self) -> str:
+        return f"![{self.caption}]({self.path})\n\n*{self.caption}*"
+
+    def html(self, run_dir: Path) -> str:
+        # Embedded, so that report.html is one self-contained file.
+        data = base64.b64encode((run_dir / self.path).read_bytes()).decode()
+        return (f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(self.caption)}">'
+                f"<figcaption>{_inline(self.caption)}</figcaption></figure>")
+
+
+HTML_STYLE = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;"
+              "line-height:1.45}table{border-collapse:collapse;margin:1em 0;font-size:0.9em}"
+              "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}th{background:#f3f3f3}"
+              "td:first-child,th:first-child{text-align:left}img{max-width:100%}"
+              "figcaption{font-style:italic;font-size:0.9em}code{background:#f3f3f3;padding:0 3px}")
+
+
 class Doc:
     """A list of blocks rendered to Markdown and to HTML."""
 
@@ -81,65 +155,27 @@ class Doc:
         self.blocks = []
 
     def h(self, level, text):
-        self.blocks.append(("h", level, text))
+        self.blocks.append(Heading(level, text))
 
     def p(self, text):
-        self.blocks.append(("p", text))
+        self.blocks.append(Paragraph(text))
 
     def bullets(self, items):
-        self.blocks.append(("ul", list(items)))
+        self.blocks.append(Bullets(tuple(items)))
 
     def table(self, headers, rows):
-        self.blocks.append(("table", list(headers), [list(r) for r in rows]))
+        self.blocks.append(Table(tuple(headers), tuple(tuple(r) for r in rows)))
 
     def image(self, path, caption):
-        self.blocks.append(("img", path, caption))
+        self.blocks.append(Image(path, caption))
 
     def markdown(self) -> str:
-        out = []
-        for block in self.blocks:
-            kind = block[0]
-            if kind == "h":
-                out.append("#" * block[1] + " " + block[2])
-            elif kind == "p":
-                out.append(block[1])
-            elif kind == "ul":
-                out.append("\n".join(f"- {item}" for item in block[1]))
-            elif kind == "table":
-                headers, rows = block[1], block[2]
-                lines = ["| " + " | ".join(headers) + " |", "|" + "|".join(" --- " for _ in headers) + "|"]
-                lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-                out.append("\n".join(lines))
-            elif kind == "img":
-                out.append(f"![{block[2]}]({block[1]})\n\n*{block[2]}*")
-        return "\n\n".join(out) + "\n"
+        return "\n\n".join(block.markdown() for block in self.blocks) + "\n"
 
     def html(self, run_dir: Path, title: str) -> str:
-        body = []
-        for block in self.blocks:
-            kind = block[0]
-            if kind == "h":
-                body.append(f"<h{block[1]}>{_inline(block[2])}</h{block[1]}>")
-            elif kind == "p":
-                body.append(f"<p>{_inline(block[1])}</p>")
-            elif kind == "ul":
-                body.append("<ul>" + "".join(f"<li>{_inline(i)}</li>" for i in block[1]) + "</ul>")
-            elif kind == "table":
-                head = "".join(f"<th>{_inline(h)}</th>" for h in block[1])
-                rows = "".join("<tr>" + "".join(f"<td>{_inline(str(c))}</td>" for c in row) + "</tr>"
-                               for row in block[2])
-                body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
-            elif kind == "img":
-                data = base64.b64encode((run_dir / block[1]).read_bytes()).decode()
-                body.append(f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(block[2])}">'
-                            f"<figcaption>{_inline(block[2])}</figcaption></figure>")
-        style = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;"
-                 "line-height:1.45}table{border-collapse:collapse;margin:1em 0;font-size:0.9em}"
-                 "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}th{background:#f3f3f3}"
-                 "td:first-child,th:first-child{text-align:left}img{max-width:100%}"
-                 "figcaption{font-style:italic;font-size:0.9em}code{background:#f3f3f3;padding:0 3px}")
+        body = [block.html(run_dir) for block in self.blocks]
         return (f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-                f"<style>{style}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
+                f"<style>{HTML_STYLE}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
 
 
 def _inline(text: str) -> str:
