@@ -16,8 +16,9 @@ LR_BOUNDARY_FRACTIONS = {"mnist": (1 / 2, 3 / 4, 1.0), "cifar10": (4 / 9, 6 / 9,
 PAPER_STEPS = {"mnist": 20_000, "cifar10": 90_000}
 # Quick presets: the paper's schedule shape compressed to minutes on 2 CPU cores.
 QUICK_STEPS = {"mnist": 800, "cifar10": 2_000}
-# Quick presets scale the RCE loss by L - 1 (see TrainConfig.loss_scale): measured on MNIST ResNet-32,
-# 1 000 steps give 1.49 % test error at scale 1 and 0.54 % at scale 9 (CE: 0.66 %).
+# Quick presets scale the RCE loss by L - 1 = 9 for the two 10-class datasets (see TrainConfig.loss_scale).
+# Measured on MNIST ResNet-32: 1 000 steps give 1.49 % test error at scale 1 and 0.54 % at scale 9
+# (CE: 0.66 %); the 800-step quick default gives 0.72 % (RCE) and 0.83 % (CE).
 QUICK_RCE_LOSS_SCALE = 9.0
 PRESETS = ("quick", "paper")
 
