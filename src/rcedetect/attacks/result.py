@@ -99,16 +99,23 @@ def goal_reached(pred: torch.Tensor, labels: torch.Tensor, targeted: bool) -> to
     return pred == labels if targeted else pred != labels
 
 
-def random_targets(y: torch.Tensor, num_classes: int, seed: int) -> torch.Tensor:
+def random_targets(y: torch.Tensor, num_classes: int, seed: int, *, start: int = 0) -> torch.Tensor:
     """A uniformly random class different from each label y (N,), reproducible from `seed`.
 
     The paper's protocol for the targeted attacks (JSMA, C&W): "target = random class != y". Drawn
     on the CPU with its own generator so the same seed gives the same targets on any device.
+
+    The target of row i is a function of its *global index* `start + i` alone: the shifts are the
+    rows start..start+N-1 of one seeded stream, so attacking a set in batches (any batch size, any
+    chunking, `start` = the batch's first index) gives exactly the targets of attacking it at once.
     """
     if num_classes < 2:
         raise InputError(f"random targets need at least 2 classes, got num_classes={num_classes}")
+    if start < 0:
+        raise InputError(f"start must be >= 0 (the global index of the first row), got {start}")
     gen = torch.Generator().manual_seed(int(seed))
-    shift = torch.randint(1, num_classes, (y.shape[0],), generator=gen)  # 1..L-1: never 0, so never y
+    # torch's CPU generator fills sequentially, so a longer draw extends a shorter one.
+    shift = torch.randint(1, num_classes, (start + y.shape[0],), generator=gen)[start:]  # 1..L-1: never y
     return ((y.detach().cpu().long() + shift) % num_classes).to(y.device)
 
 

@@ -1,0 +1,108 @@
+"""The project's one vocabulary: every name a user can type, as str-valued enums.
+
+Each enum member *is* its string (`Objective.RCE == "rce"`), so JSON cells, argparse choices and
+dictionary keys written before the enums existed keep working. Strings are coerced once, at the API
+edge, with `Enum.coerce(value)`, which raises one clear `InputError` naming the valid choices;
+everything inside the package then passes enum members around. Registries (attacks, metrics,
+presets) are keyed by these members, and argparse takes `choices=Enum.choices()`.
+
+    Dataset        mnist, cifar10
+    Objective      ce, rce                      (training loss; K-density's bandwidth depends on it)
+    Metric         confidence, non-me, kd       (the thresholding tests of section 3.4)
+    Attack         fgsm, bim, ilcm, jsma, cw, cw-hc, rand, cw-wb, cw-wb-hc, adaptive-pgd
+    PGDMethod      logit, selective, orthogonal (update rules of the detector-aware PGD)
+    Norm           linf, l2, l0                 (attack distances)
+    Preset         quick, paper, toy            (reproduction / training budgets)
+"""
+
+from enum import Enum
+
+from .errors import InputError
+
+
+class Name(str, Enum):
+    """A str enum whose members compare, hash and JSON-serialise as their values."""
+
+    def __str__(self) -> str:  # f-strings and argparse print the value, not "Class.MEMBER"
+        return self.value
+
+    @classmethod
+    def choices(cls) -> tuple:
+        """The values in definition order (argparse `choices`, help texts)."""
+        return tuple(m.value for m in cls)
+
+    @classmethod
+    def coerce(cls, value, what: str = None):
+        """`value` (a member or its string) as a member; one-line `InputError` otherwise."""
+        if isinstance(value, cls):
+            return value
+        try:
+            return cls(value)
+        except ValueError:
+            label = what or cls.__name__.lower()
+            raise InputError(f"unknown {label} {value!r}: choose one of {', '.join(cls.choices())}") from None
+
+    @property
+    def display(self) -> str:
+        """The name as the paper's tables print it."""
+        return _DISPLAY.get(self, self.value)
+
+
+class Dataset(Name):
+    MNIST = "mnist"
+    CIFAR10 = "cifar10"
+
+
+class Objective(Name):
+    CE = "ce"
+    RCE = "rce"
+
+
+class Metric(Name):
+    CONFIDENCE = "confidence"
+    NON_ME = "non-me"
+    KD = "kd"
+
+
+class Attack(Name):
+    FGSM = "fgsm"
+    BIM = "bim"
+    ILCM = "ilcm"
+    JSMA = "jsma"
+    CW = "cw"
+    CW_HC = "cw-hc"
+    RAND = "rand"
+    CW_WB = "cw-wb"
+    CW_WB_HC = "cw-wb-hc"
+    ADAPTIVE_PGD = "adaptive-pgd"
+
+
+class PGDMethod(Name):
+    LOGIT = "logit"
+    SELECTIVE = "selective"
+    ORTHOGONAL = "orthogonal"
+
+
+class Norm(Name):
+    LINF = "linf"
+    L2 = "l2"
+    L0 = "l0"
+
+
+class Preset(Name):
+    QUICK = "quick"
+    PAPER = "paper"
+    TOY = "toy"
+
+
+_DISPLAY = {
+    Dataset.MNIST: "MNIST", Dataset.CIFAR10: "CIFAR-10",
+    Objective.CE: "CE", Objective.RCE: "RCE",
+    Metric.CONFIDENCE: "Confidence", Metric.NON_ME: "non-ME", Metric.KD: "K-density",
+    Attack.FGSM: "FGSM", Attack.BIM: "BIM", Attack.ILCM: "ILCM", Attack.JSMA: "JSMA", Attack.CW: "C&W",
+    Attack.CW_HC: "C&W-hc", Attack.RAND: "RAND", Attack.CW_WB: "C&W-wb", Attack.CW_WB_HC: "C&W-wb-hc",
+    Attack.ADAPTIVE_PGD: "detector-aware PGD",
+    Norm.LINF: "L∞", Norm.L2: "L2", Norm.L0: "L0",
+}
+
+__all__ = ["Name", "Dataset", "Objective", "Metric", "Attack", "PGDMethod", "Norm", "Preset"]
