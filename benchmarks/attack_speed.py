@@ -5,7 +5,7 @@ on the same trained model, the same inputs and the same settings, in one process
     python benchmarks/attack_speed.py --tiny --n 20 --cw-n 8                        # smoke run, depth 8
 
 Peers: torchattacks (FGSM, BIM, ILCM as targeted BIM), advertorch (JSMA, C&W-L2), foolbox (C&W-L2).
-The "speed-up" column is the peer's time per example divided by ours. Goals of issue 4: C&W-L2 at
+The "speed-up" column is the peer's time per example divided by ours. Goals: C&W-L2 at
 least 2x faster than the fastest of foolbox/advertorch with equal-or-better success and median L2;
 JSMA at least 5x faster than advertorch at equal success.
 """

@@ -1,4 +1,4 @@
-"""Seconds per example of C&W-wb (issue 5) on this machine, next to the paper's 700-1300 s on a P100
+"""Seconds per example of C&W-wb on this machine, next to the paper's 700-1300 s on a P100
 (appendix Table 1, 9 binary steps x 10 000 iterations).
 
     .venv/bin/python benchmarks/cw_wb_speed.py CHECKPOINT [--n-small 10 --small-iters 20
@@ -25,7 +25,7 @@ import time
 import torch
 
 from rcedetect.attacks import cw_l2, random_targets
-from rcedetect.attacks.cw_wb import cw_wb
+from rcedetect.evaluation.threat_models import run_cw_wb
 
 
 class _Deadline(Exception):
@@ -63,24 +63,25 @@ def main(argv=None) -> int:
     parser.add_argument("--full-cap", type=float, default=240.0, help="seconds before the full run is stopped")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--start", type=int, default=5000)
+    parser.add_argument("--data-dir", default=None, help="dataset folder (default: $RCEDETECT_DATA_DIR)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from types import SimpleNamespace
-
     from rcedetect.checkpoints import load_checkpoint
-    from rcedetect.cli._threat_models import detector_for
     from rcedetect.data import load_dataset
+    from rcedetect.detectors.session import DetectorSettings, fit_or_load_detector
+    from rcedetect.names import Metric
 
     loaded = load_checkpoint(args.checkpoint)
     model = loaded.model
-    opts = SimpleNamespace(data_dir=None, refit=False, fpr=0.05, n_per_class=1000, calibration_size=5000, split_seed=0)
-    kd = detector_for(loaded, "kd", opts, torch.device("cpu"))
-    data = load_dataset(loaded.config.dataset, "test")
+    kd, fit = fit_or_load_detector(loaded, Metric.KD, DetectorSettings(data_dir=args.data_dir), device="cpu")
+    for note in fit.notes:
+        print(f"note: {note}", file=sys.stderr)
+    data = load_dataset(loaded.config.dataset, "test", args.data_dir)
     n = max(args.n_small, args.n_full)
     x, y = data.float_images(slice(args.start, args.start + n)), data.labels[args.start:args.start + n]
-    target = random_targets(y, 10, 0)
+    target = random_targets(y, model.num_classes, 0)
     report = {"checkpoint": str(loaded.directory), "objective": loaded.config.objective, "depth": loaded.config.depth,
               "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(), "torch": torch.__version__}
 
@@ -100,7 +101,7 @@ def main(argv=None) -> int:
     xs, ys, ts = x[:args.n_small], y[:args.n_small], target[:args.n_small]
     counter = CountingModel(model)
     t0 = time.perf_counter()
-    res = cw_wb(counter, xs, ys, kd, target=ts, **small)
+    res = run_cw_wb(counter, kd, xs, ys, target=ts, **small)
     t_wb = time.perf_counter() - t0
     t0 = time.perf_counter()
     cw_l2(model, xs, ys, target=ts, **small)
@@ -120,7 +121,7 @@ def main(argv=None) -> int:
     counter = CountingModel(model, cap=args.full_cap)
     t0 = time.perf_counter()
     try:
-        res = cw_wb(counter, xf, yf, kd, target=tf, **full)
+        res = run_cw_wb(counter, kd, xf, yf, target=tf, **full)
         finished = True
     except _Deadline:
         finished = False

@@ -13,6 +13,7 @@ from rcedetect.attacks import random_noise, random_targets
 from rcedetect.attacks.cw import logit_margin
 from rcedetect.attacks.jsma import best_pairs
 from rcedetect.errors import InputError
+from rcedetect.names import Attack, Norm
 
 N = 16
 EPS_TOL = 1e-6
@@ -288,14 +289,63 @@ def test_registry_calls_every_attack_the_same_way(model, batch):
     quick = {"jsma": dict(max_iters=3), "cw": dict(binary_search_steps=1, max_iters=5),
              "cw-hc": dict(binary_search_steps=1, max_iters=5)}
     for name, spec in ATTACKS.items():
+        assert spec.name == name and isinstance(spec.name, Attack) and isinstance(spec.distance, Norm)
         targets = spec.targets(model, x, y, seed=0)
-        result = spec(model, x, y, eps=0.1 if spec.uses_eps else None,
-                      target=None if targets.min() < 0 else targets, seed=0, **quick.get(name, {}))
+        assert (targets is None) == (not spec.targeted), name
+        result = spec(model, x, y, eps=0.1 if spec.uses_eps else None, seed=0 if spec.uses_seed else None,
+                      **quick.get(name, {}))
         assert result.x_adv.shape == x.shape and result.success.shape == (4,), name
-        if spec.target_rule is not None and name != "ilcm":
+        if spec.draws_targets:
             assert not (targets == y).any(), name
+            # The targets the spec drew itself are those `targets` reports: success means reaching them.
+            with torch.no_grad():
+                reached = model(result.x_adv).argmax(1) == targets
+            assert not (result.success & ~reached).any(), name
     with pytest.raises(InputError, match="eps"):
         ATTACKS["bim"](model, x, y)
+
+
+def test_specs_refuse_what_the_attack_does_not_take(model, batch):
+    x, y = batch[0][:2], batch[1][:2]
+    with pytest.raises(InputError, match=r"does not take stepz: its settings are steps, step_size, loss"):
+        ATTACKS["bim"](model, x, y, eps=0.1, stepz=3)
+    with pytest.raises(InputError, match="takes no eps"):
+        ATTACKS["cw"](model, x, y, eps=0.1, max_iters=1)
+    with pytest.raises(InputError, match="takes no target"):
+        ATTACKS["fgsm"](model, x, y, eps=0.1, target=y)
+    with pytest.raises(InputError, match="picks its own target"):
+        ATTACKS["ilcm"](model, x, y, eps=0.1, target=y)
+    with pytest.raises(InputError, match="takes no seed"):
+        ATTACKS["fgsm"](model, x, y, eps=0.1, seed=3)
+    with pytest.raises(InputError, match="not both"):
+        ATTACKS["jsma"](model, x, y, eps=0.2, theta=0.2)
+    assert ATTACKS["rand"].settings == () and "kappa" in ATTACKS["cw-hc"].settings
+    assert ATTACKS[Attack.CW_HC].defaults["kappa"] == 10.0
+
+
+def test_jsma_eps_is_theta(model, batch):
+    x, y = batch[0][:3], batch[1][:3]
+    via_eps = ATTACKS["jsma"](model, x, y, eps=0.3, seed=1, max_iters=4)
+    via_theta = ATTACKS["jsma"](model, x, y, theta=0.3, seed=1, max_iters=4)
+    direct = jsma(model, x, random_targets(y, 10, 1), theta=0.3, max_iters=4)
+    assert torch.equal(via_eps.x_adv, via_theta.x_adv) and torch.equal(via_eps.x_adv, direct.x_adv)
+    changed = (via_eps.x_adv - x).abs().flatten(1)
+    assert changed.max() <= 0.3 + EPS_TOL and changed.max() > 0
+
+
+def test_random_targets_do_not_depend_on_the_chunking(model, batch):
+    x, y = batch
+    spec = ATTACKS["cw"]
+    whole = spec.targets(model, x, y, seed=4)
+    for size in (1, 3, 5):
+        parts = [spec.targets(model, x[s:s + size], y[s:s + size], seed=4, start=s) for s in range(0, N, size)]
+        assert torch.equal(torch.cat(parts), whole), size
+    # The spec draws the same targets itself when given `start`: chunked C&W equals C&W on the whole batch.
+    settings = dict(binary_search_steps=1, max_iters=3)
+    full = spec(model, x[:4], y[:4], seed=4, **settings)
+    halves = [spec(model, x[s:s + 2], y[s:s + 2], seed=4, start=s, **settings) for s in (0, 2)]
+    assert torch.equal(torch.cat([h.success for h in halves]), full.success)
+    assert torch.allclose(torch.cat([h.x_adv for h in halves]), full.x_adv, atol=1e-6)
 
 
 def test_cli_attack_saves_a_readable_file(tiny_checkpoints, tmp_path, capsys):

@@ -77,3 +77,14 @@ def test_cifar_augment_is_a_crop_of_the_resized_image_and_flips():
     assert 16 < flipped < 48  # about half are flipped
     again = cifar_augment(x, torch.Generator().manual_seed(0))
     assert torch.equal(out, again)
+
+
+def test_registry_is_keyed_by_the_dataset_enum():
+    from rcedetect.data import DATASETS, load_dataset
+    from rcedetect.errors import InputError
+    from rcedetect.names import Dataset
+
+    assert list(DATASETS) == list(Dataset) and DATASETS["mnist"] is DATASETS[Dataset.MNIST]
+    assert all(info.name is key for key, info in DATASETS.items())
+    with pytest.raises(InputError, match="unknown dataset 'svhn': choose one of mnist, cifar10"):
+        load_dataset("svhn", "test")

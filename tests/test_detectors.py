@@ -330,10 +330,45 @@ def test_kd_detector_fits_bank_on_train_and_threshold_on_calibration():
     cx, cy = _clusters(num_classes=3, per_class=100, dim=6, seed=5)
     calib = ModelOutput(torch.nn.functional.one_hot(cy, 3).float(), cx)
     det = ThresholdDetector(KernelDensity(1.0, n_per_class=50), fpr=0.1).fit(train, y, calibration=calib)
-    assert det.metric.bank_.shape[0] == 150
+    assert det.metric_.bank_.shape[0] == 150
     assert (det.predict(calib) == -1).sum() == 30
-    expected = np.sort(det.metric.log_density(calib).numpy())[29]
+    expected = np.sort(det.metric_.log_density(calib).numpy())[29]
     assert det.threshold_ == float(expected)
+
+
+def test_threshold_detector_never_changes_its_parameters_or_the_metric():
+    x, y = _clusters(num_classes=3, per_class=100, dim=6)
+    train = ModelOutput(torch.nn.functional.one_hot(y, 3).float(), x)
+    calib = ModelOutput(torch.nn.functional.one_hot(y, 3).float(), _clusters(3, 100, 6, seed=5)[0])
+    metric = KernelDensity(1.0, n_per_class=50)
+    det = ThresholdDetector(metric, fpr=0.1)
+    params = det.get_params()
+    assert params == {"metric": metric, "fpr": 0.1, "threshold": None}
+    det.fit(train, y, calibration=calib)
+    assert not hasattr(metric, "bank_"), "fit must fit a copy, not the metric passed in"
+    assert det.metric is metric and det.metric_ is not metric and hasattr(det.metric_, "bank_")
+    first = det.threshold_
+    assert det.recalibrate(0.2) is det
+    assert det.get_params() == params and det.fpr == 0.1  # the constructor parameter is untouched
+    assert det.fpr_ == 0.2 and det.threshold_ > first
+    assert det.calibrate(calib).fpr_ == 0.1 and det.threshold_ == first  # back at the constructor's fpr
+    # A pre-fitted metric is used as given by calibrate (and still not modified).
+    fitted = KernelDensity(1.0, n_per_class=50).fit(train, y)
+    bank = fitted.bank_.clone()
+    other = ThresholdDetector(fitted, fpr=0.1).calibrate(calib)
+    assert other.metric_ is fitted and torch.equal(fitted.bank_, bank) and other.threshold_ == first
+    # scikit-learn's set_params: known names only.
+    assert det.set_params(fpr=0.3).fpr == 0.3
+    with pytest.raises(InputError, match="no parameter"):
+        det.set_params(fpr_=0.3)
+
+
+def test_metric_factories_refuse_unknown_settings():
+    with pytest.raises(InputError, match="bandwidth_sq, n_per_class, seed, chunk_size"):
+        METRICS["kd"]("ce", bandwith_sq=1.0)
+    with pytest.raises(InputError, match="no settings|none"):
+        METRICS["confidence"]("ce", n_per_class=10)
+    assert set(METRICS) == {"confidence", "non-me", "kd"} and "kd" in METRICS
 
 
 # ------------------------------------------------------------------------------------- selective

@@ -10,10 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import sklearn.metrics
+import torch
 
+from rcedetect.attacks import ATTACKS
 from rcedetect.cli import main
 from rcedetect.errors import InputError
-from rcedetect.reproduce import Reproduction, render_report
+from rcedetect.names import Attack
+from rcedetect.reproduce import Reproduction, render_report, schema
 from rcedetect.reproduce.figures import FIGURES
 
 REGRESSION = Path(__file__).parent / "regression" / "mnist_quick.json"
@@ -151,9 +154,7 @@ def test_interrupted_run_resumes_to_the_same_results(toy_run, tmp_path, monkeypa
     for cached in (run_dir / "cache").glob("*fgsm*"):
         cached.unlink()
     # ... and kill the run inside that attack's second chunk.
-    import rcedetect.reproduce.pipeline as pipeline
-
-    real = pipeline.ATTACKS["fgsm"]
+    real = ATTACKS[Attack.FGSM]
     calls = []
 
     class Killed(RuntimeError):
@@ -165,13 +166,13 @@ def test_interrupted_run_resumes_to_the_same_results(toy_run, tmp_path, monkeypa
             raise Killed("simulated kill")
         return real.run(*args, **kwargs)
 
-    monkeypatch.setitem(pipeline.ATTACKS, "fgsm", dataclasses.replace(real, run=dying))
+    monkeypatch.setitem(ATTACKS, Attack.FGSM, dataclasses.replace(real, run=dying))
     rep = Reproduction("mnist", "toy", run_dir, device="cpu", data_dir=toy_run.data_dir, progress=False)
     with pytest.raises(Killed):
         rep.run()
     parts = list((run_dir / "cache").glob("*.fgsm.parts/*.safetensors"))
     assert len(parts) == 1, "the first chunk should have been kept"
-    monkeypatch.setitem(pipeline.ATTACKS, "fgsm", real)
+    monkeypatch.setitem(ATTACKS, Attack.FGSM, real)
     Reproduction("mnist", "toy", run_dir, device="cpu", data_dir=toy_run.data_dir, progress=False).run()
     assert _results(run_dir) == reference
     assert not list((run_dir / "cache").glob("*.parts/*"))
@@ -217,3 +218,93 @@ def test_quick_preset_regression(tmp_path, data_dir):
         for part in path:
             value = value[part]
         assert value == pytest.approx(expected, abs=stored["tolerance"][key]), key
+
+
+# ------------------------------------------------------------------ behaviour kept by the restructuring
+BEFORE = Path(__file__).parent / "fixtures" / "toy_cells_before.json"
+
+
+def _old_jsma_spelling(name: str, part: str, data: dict) -> dict:
+    """A JSMA cell's config / result as the code before the restructuring spelled it: eps recorded as
+    settings["theta"] with eps None. The attack spec now maps eps to theta itself, so the cells pass
+    eps like every other attack; only the spelling of these cells changed, not a number."""
+    out = json.loads(json.dumps(data))
+    if name.startswith("table2.jsma.") and part == "config":
+        out["settings"]["theta"], out["eps"] = out["eps"], None
+    elif name.startswith("table2.jsma.") and part == "result":  # eps was recorded, theta too
+        out["settings"]["theta"] = out["eps"]
+    elif name.startswith("fig3.jsma.") and part == "config":  # one run per grid point
+        for run in out["runs"]:
+            run["settings"]["theta"], run["eps"] = run["eps"], None
+    return out
+
+
+def test_toy_cells_equal_the_cells_computed_before_the_restructuring(toy_run):
+    """Every config and every number of the toy run equals the fixture captured from the code before
+    the restructuring (wall-clock keys and provenance excluded). Exact equality throughout."""
+    before = json.loads(BEFORE.read_text())
+    info = json.loads((toy_run.run_dir / "run.json").read_text())
+    assert info["settings"] == before["run"]["settings"]
+    # The estimate is a sum of float products whose association order changed (cost model): ulps.
+    assert info["estimated_quiet_cpu_seconds"] == pytest.approx(before["run"]["estimated_quiet_cpu_seconds"],
+                                                                rel=1e-12)
+    records = toy_run.store.records()
+    assert sorted(records) == sorted(before["cells"])
+    for name, expected in before["cells"].items():
+        record = records[name]
+        assert _old_jsma_spelling(name, "config", record["config"]) == expected["config"], name
+        assert _old_jsma_spelling(name, "result", _strip_timing(record["result"])) == expected["result"], name
+
+
+def test_cwwb_examples_do_not_depend_on_the_chunk_size(toy_run):
+    """The table3 cells' C&W-wb examples for chunks of 1 and 3 rows against all at once.
+
+    Targets, attack bank and every decision (success, fooled, phase 1) are functions of the global
+    row index and the seed alone: equal exactly. The floats (x_adv, f2) go through convolutions
+    whose CPU kernels depend on the batch size, so they agree to float32 rounding (measured: f2 to
+    2e-6 here; after 30 C&W iterations x_adv to 1e-4), not bit for bit."""
+    from rcedetect.reproduce.examples import cwwb_chunk, cwwb_config
+
+    ctx, n = toy_run.context, toy_run.preset.cwwb_n
+    for objective in schema.OBJECTIVES:
+        chunk = cwwb_chunk(ctx, 0.0, objective)
+        runs = {}
+        for size in (1, 3, n):
+            parts = [chunk(start, min(n, start + size)) for start in range(0, n, size)]
+            runs[size] = {k: torch.cat([p[k] for p in parts]).cpu() for k in parts[0]}
+        for size in (1, 3):
+            for key in ("target", "success", "fooled", "phase1_success"):
+                assert torch.equal(runs[size][key], runs[n][key]), (objective, size, key)
+            for key in ("x_adv", "f2", "f2_attack"):
+                torch.testing.assert_close(runs[size][key], runs[n][key], rtol=1e-5, atol=1e-5)
+        # What the run stored (its chunks of 16 rows hold all n at once) is the all-at-once result.
+        stored = ctx.store.load_tensors(f"{ctx.tag(0, objective)}.cw-wb-k0", cwwb_config(ctx, 0.0, objective))[0]
+        for key, value in runs[n].items():
+            assert torch.equal(stored[key], value), (objective, key)
+
+
+def test_cells_are_objects_named_by_the_schema(toy_run):
+    """Each cell kind is one class owning name, config, compute and cost; names come from `schema`."""
+    from rcedetect.reproduce.cells import Cell
+
+    planned = toy_run.cells()
+    names = [c.name for c in planned]
+    assert len(names) == len(set(names))
+    kinds = {}
+    for c in planned:
+        assert isinstance(c.cell, Cell) and c.cost > 0
+        kinds.setdefault(schema.kind(c.name), set()).add(type(c.cell))
+    assert all(len(classes) == 1 for classes in kinds.values())
+    p = toy_run.preset
+    expected = ({schema.train_cell(d, o) for d in p.depths for o in schema.OBJECTIVES}
+                | {schema.table2_cell(a, o) for a in schema.TABLE2_ATTACKS for o in schema.OBJECTIVES}
+                | {schema.table3_cell(k, o) for k in p.cwwb_kappas for o in schema.OBJECTIVES}
+                | {schema.table4_cell(s, t) for s in schema.OBJECTIVES for t in schema.OBJECTIVES})
+    assert expected <= set(names)
+
+
+def test_a_model_is_never_trained_by_asking_for_it(tmp_path, data_dir):
+    rep = Reproduction("mnist", "toy", tmp_path / "fresh", device="cpu", data_dir=data_dir, progress=False)
+    with pytest.raises(InputError, match="run its train cell first"):
+        rep.context.model(0, "ce")
+    assert not rep.checkpoint_dir(0, "ce").exists()

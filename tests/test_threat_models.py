@@ -8,7 +8,6 @@ numbers."""
 
 import json
 import shutil
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -20,9 +19,9 @@ from rcedetect.attacks.adaptive_pgd import detector_aware_pgd
 from rcedetect.attacks.cw_wb import CWWBResult, attack_bank, attack_eta, cw_wb, detector_eta, f2_loss
 from rcedetect.checkpoints import load_checkpoint
 from rcedetect.cli import main
-from rcedetect.cli._threat_models import _session
 from rcedetect.data import load_dataset
 from rcedetect.detectors import ConfidenceMetric, KernelDensity, ThresholdDetector, collect_outputs
+from rcedetect.detectors.session import DetectorSession, DetectorSettings
 from rcedetect.errors import InputError
 from rcedetect.evaluation import robust_accuracy_with_rejection
 from rcedetect.evaluation.threat_models import adaptive_curve, summarize_white_box, transfer_row
@@ -298,8 +297,8 @@ def test_threat_models_cli_writes_all_sections(cli_checkpoints, tmp_path, capsys
     assert curve["eps"] == [0.0, 0.3] and len(curve["curves"]["kd"]["robust_accuracy_with_rejection"]) == 2
     # the attacked images are held out from the thresholds' calibration images
 
-    opts = SimpleNamespace(data_dir=None, refit=False, fpr=0.05, n_per_class=60, calibration_size=300, split_seed=0)
-    order = _session(load_checkpoint(cli_checkpoints["ce"]), opts, torch.device("cpu")).test_order()
+    settings = DetectorSettings(n_per_class=60, calibration_size=300)
+    order = DetectorSession(load_checkpoint(cli_checkpoints["ce"]), settings).test_order()
     assert not set(report["images"]["index"]) & set(order[:300].tolist())
 
     assert main(["threat-models", str(cli_checkpoints["ce"]), "--tables", "table4", "--no-progress"]) == 2

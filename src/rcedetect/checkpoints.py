@@ -9,80 +9,23 @@ never a mix). Nothing is ever unpickled: safetensors and JSON only.
 """
 
 import json
-import os
-import tempfile
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 
 from . import __version__
 from .config import TrainConfig
 from .data import DATASETS
 from .errors import CheckpointError, RceDetectError
+# Re-exported for callers that still import the writers from here; their home is `rcedetect.files`.
+from .files import atomic_save_tensors, atomic_write_bytes, atomic_write_json, read_tensors  # noqa: F401
 from .models import resnet
 
 FORMAT = "rcedetect-checkpoint-v1"
 WEIGHTS_FILE = "model.safetensors"
 SIDECAR_FILE = "model.json"
 TRAIN_STATE_FILE = "train_state.safetensors"
-
-
-def _readable(tmp) -> None:
-    # mkstemp creates 0600 files; a checkpoint should get the usual permissions of the umask.
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
-
-
-@contextmanager
-def _atomic_target(path: Path):
-    """Yield a temp path beside `path`; once the caller has written it, fsync it and rename it over
-    `path` (atomic on POSIX). On any error the temp file is removed and `path` is left untouched."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        yield tmp
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        _readable(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write `data` to `path` atomically (temp file, fsync, rename)."""
-    with _atomic_target(path) as tmp:
-        Path(tmp).write_bytes(data)
-
-
-def atomic_write_json(path: Path, obj) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
-
-
-def atomic_save_tensors(path: Path, tensors: dict, metadata: dict) -> None:
-    """Save `tensors` (moved to CPU) with string `metadata` as a safetensors file, atomically."""
-    with _atomic_target(path) as tmp:
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
-
-
-def read_tensors(path: Path):
-    """Load a safetensors file and its metadata, turning any parse error into a CheckpointError."""
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            metadata = f.metadata() or {}
-        return load_file(str(path)), metadata
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise CheckpointError(f"{path} is not a readable safetensors file ({exc}): re-run training to recreate it") from exc
 
 
 def build_model(config: TrainConfig) -> torch.nn.Module:
@@ -139,8 +82,6 @@ def load_checkpoint(path, device="cpu") -> LoadedCheckpoint:
         config = TrainConfig.from_dict(sidecar["config"])
     except (KeyError, TypeError, RceDetectError) as exc:
         raise CheckpointError(f"{directory / SIDECAR_FILE} has an invalid config ({exc}): re-train the model") from exc
-    if config.dataset not in DATASETS:
-        raise CheckpointError(f"{directory / SIDECAR_FILE} names unknown dataset {config.dataset!r}")
     state, metadata = read_tensors(directory / WEIGHTS_FILE)
     if metadata.get("config") and json.loads(metadata["config"]) != config.to_json_dict():
         raise CheckpointError(f"{directory}: {SIDECAR_FILE} does not match the config stored in {WEIGHTS_FILE}: "

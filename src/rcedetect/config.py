@@ -8,19 +8,21 @@ import json
 from dataclasses import asdict, dataclass, fields, replace
 
 from .errors import RceDetectError
+from .names import Dataset, Objective, Preset
 
 PAPER_LR_VALUES = (0.1, 0.01, 0.001, 0.0001)
 # Learning-rate boundaries as fractions of the total steps: MNIST [10k, 15k, 20k] of 20k,
 # CIFAR-10 [40k, 60k, 80k] of 90k.
-LR_BOUNDARY_FRACTIONS = {"mnist": (1 / 2, 3 / 4, 1.0), "cifar10": (4 / 9, 6 / 9, 8 / 9)}
-PAPER_STEPS = {"mnist": 20_000, "cifar10": 90_000}
+LR_BOUNDARY_FRACTIONS = {Dataset.MNIST: (1 / 2, 3 / 4, 1.0), Dataset.CIFAR10: (4 / 9, 6 / 9, 8 / 9)}
+PAPER_STEPS = {Dataset.MNIST: 20_000, Dataset.CIFAR10: 90_000}
 # Quick presets: the paper's schedule shape compressed to minutes on 2 CPU cores.
-QUICK_STEPS = {"mnist": 800, "cifar10": 2_000}
+QUICK_STEPS = {Dataset.MNIST: 800, Dataset.CIFAR10: 2_000}
 # Quick presets scale the RCE loss by L - 1 = 9 for the two 10-class datasets (see TrainConfig.loss_scale).
 # Measured on MNIST ResNet-32: 1 000 steps give 1.49 % test error at scale 1 and 0.54 % at scale 9
 # (CE: 0.66 %); the 800-step quick default gives 0.72 % (RCE) and 0.83 % (CE).
 QUICK_RCE_LOSS_SCALE = 9.0
-PRESETS = ("quick", "paper")
+# The training budgets; `Preset.TOY` is a reproduction budget only (its models come from `preset_config(..., steps=...)`).
+PRESETS = (Preset.QUICK, Preset.PAPER)
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,11 @@ class TrainConfig:
     seed: int = 0
     checkpoint_every: int = 100
     preset: str = "custom"
+
+    def __post_init__(self):
+        # Coerced once here so every config (built or read back from a checkpoint) holds enum members.
+        object.__setattr__(self, "dataset", Dataset.coerce(self.dataset))
+        object.__setattr__(self, "objective", Objective.coerce(self.objective))
 
     def learning_rate(self, step: int) -> float:
         """Piecewise-constant schedule: lr_values[k] for boundaries[k-1] <= step < boundaries[k]."""
@@ -70,14 +77,14 @@ class TrainConfig:
         return cls(**values)
 
 
-def preset_config(dataset: str, objective: str, preset: str = "quick", depth: int = 32,
+def preset_config(dataset: str, objective: str, preset: str = Preset.QUICK, depth: int = 32,
                   steps=None, seed: int = 0) -> TrainConfig:
     """The paper's schedule (`paper`) or its compressed CPU version (`quick`), optionally with other `steps`."""
-    if dataset not in PAPER_STEPS:
-        raise RceDetectError(f"unknown dataset {dataset!r}: choose mnist or cifar10")
+    dataset, objective = Dataset.coerce(dataset), Objective.coerce(objective)
+    preset = Preset.coerce(preset)
     if preset not in PRESETS:
-        raise RceDetectError(f"unknown preset {preset!r}: choose {' or '.join(PRESETS)}")
-    total = steps if steps is not None else (PAPER_STEPS if preset == "paper" else QUICK_STEPS)[dataset]
+        raise RceDetectError(f"unknown training preset {preset!r}: choose {' or '.join(PRESETS)}")
+    total = steps if steps is not None else (PAPER_STEPS if preset == Preset.PAPER else QUICK_STEPS)[dataset]
     if depth < 8 or (depth - 2) % 6:
         raise RceDetectError(f"--depth must be 6n+2 (32 or 56 in the paper), got {depth}")
     if total < 1:
@@ -85,10 +92,10 @@ def preset_config(dataset: str, objective: str, preset: str = "quick", depth: in
     boundaries = tuple(max(1, round(f * total)) for f in LR_BOUNDARY_FRACTIONS[dataset])
     return TrainConfig(
         dataset=dataset, objective=objective, depth=depth, steps=total, lr_boundaries=boundaries,
-        augment=(dataset == "cifar10"), seed=seed,
-        loss_scale=QUICK_RCE_LOSS_SCALE if (preset == "quick" and objective == "rce") else 1.0,
+        augment=(dataset == Dataset.CIFAR10), seed=seed,
+        loss_scale=QUICK_RCE_LOSS_SCALE if (preset == Preset.QUICK and objective == Objective.RCE) else 1.0,
         checkpoint_every=max(1, min(500, total // 10)),
-        preset=preset if steps is None else f"{preset}-steps{total}",
+        preset=preset.value if steps is None else f"{preset}-steps{total}",
     )
 
 

@@ -15,7 +15,6 @@ md5 and the fix; nothing is ever trained on data that failed the check.
 """
 
 import gzip
-import hashlib
 import os
 import shutil
 import tarfile
@@ -29,6 +28,8 @@ import numpy as np
 import torch
 
 from .errors import DataError
+from .files import hash_file
+from .names import Dataset
 
 ENV_DATA_DIR = "RCEDETECT_DATA_DIR"
 
@@ -53,20 +54,19 @@ CIFAR10_MD5 = {
     "data_batch_5.bin": "53f37980c15c3d472c316c40844f3f0d",
     "test_batch.bin": "803d5f7f4d78ea53de84dbe85f74fb6d",
 }
-CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
 
 @dataclass(frozen=True)
 class DatasetInfo:
-    name: str
+    name: Dataset
     in_channels: int
     image_size: int
     num_classes: int
 
 
 DATASETS = {
-    "mnist": DatasetInfo("mnist", in_channels=1, image_size=28, num_classes=10),
-    "cifar10": DatasetInfo("cifar10", in_channels=3, image_size=32, num_classes=10),
+    Dataset.MNIST: DatasetInfo(Dataset.MNIST, in_channels=1, image_size=28, num_classes=10),
+    Dataset.CIFAR10: DatasetInfo(Dataset.CIFAR10, in_channels=3, image_size=32, num_classes=10),
 }
 SPLITS = ("train", "test")
 
@@ -94,12 +94,8 @@ def default_data_dir() -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "rcedetect" / "data"
 
 
-def md5sum(path: Path, chunk: int = 1 << 22) -> str:
-    digest = hashlib.md5()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
+def md5sum(path: Path) -> str:
+    return hash_file(path, "md5")
 
 
 def verify_md5(path: Path, expected: str) -> None:
@@ -144,7 +140,7 @@ def _download(urls, filename: str, destination: Path, expected_md5: str) -> None
 
 
 def _ensure_mnist(root: Path, download: bool) -> Path:
-    folder = root / "mnist"
+    folder = root / Dataset.MNIST.value
     for filename, md5 in MNIST_MD5.items():
         path = folder / filename
         if not path.exists():
@@ -156,12 +152,12 @@ def _ensure_mnist(root: Path, download: bool) -> Path:
 
 
 def _ensure_cifar10(root: Path, download: bool) -> Path:
-    folder = root / "cifar10" / CIFAR10_DIR
+    folder = root / Dataset.CIFAR10.value / CIFAR10_DIR
     missing = [name for name in CIFAR10_MD5 if not (folder / name).exists()]
     if missing:
         if not download:
             raise DataError(f"missing {folder / missing[0]}: run with downloads enabled or set --data-dir / ${ENV_DATA_DIR}")
-        archive = root / "cifar10" / "cifar-10-binary.tar.gz"
+        archive = root / Dataset.CIFAR10.value / "cifar-10-binary.tar.gz"
         if not archive.exists():
             _download((CIFAR10_URL,), archive.name, archive, CIFAR10_TAR_MD5)
         verify_md5(archive, CIFAR10_TAR_MD5)
@@ -205,9 +201,12 @@ def _load_cifar10(folder: Path, split: str):
     return records[:, 1:].reshape(-1, 3, 32, 32), records[:, 0]
 
 
+_READERS = {Dataset.MNIST: (_ensure_mnist, _load_mnist), Dataset.CIFAR10: (_ensure_cifar10, _load_cifar10)}
+
+
 @lru_cache(maxsize=8)
 def _load_cached(name: str, split: str, root: str, download: bool) -> ImageDataset:
-    ensure, read = {"mnist": (_ensure_mnist, _load_mnist), "cifar10": (_ensure_cifar10, _load_cifar10)}[name]
+    ensure, read = _READERS[name]
     images, labels = read(ensure(Path(root), download), split)
     return ImageDataset(
         info=DATASETS[name],
@@ -219,8 +218,7 @@ def _load_cached(name: str, split: str, root: str, download: bool) -> ImageDatas
 
 def load_dataset(name: str, split: str, data_dir=None, download: bool = True) -> ImageDataset:
     """Load `name` ('mnist' | 'cifar10') split ('train' | 'test') as uint8 tensors, verified by md5."""
-    if name not in DATASETS:
-        raise DataError(f"unknown dataset {name!r}: choose one of {', '.join(DATASETS)}")
+    name = Dataset.coerce(name, "dataset")
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r}: choose 'train' or 'test'")
     root = Path(data_dir).expanduser() if data_dir is not None else default_data_dir()

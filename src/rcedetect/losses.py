@@ -13,6 +13,8 @@ downstream (attacks, detectors) needs to know which objective trained it.
 import torch
 import torch.nn.functional as F
 
+from .names import Objective
+
 
 def cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Mean CE loss -log softmax(logits)_y. logits: (N, L); y: (N,) int64."""
@@ -31,4 +33,4 @@ def reverse_cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor
     return -(reverse_label(y, logits.shape[1], logits.dtype) * log_p_reversed).sum(dim=1).mean()
 
 
-OBJECTIVES = {"ce": cross_entropy, "rce": reverse_cross_entropy}
+OBJECTIVES = {Objective.CE: cross_entropy, Objective.RCE: reverse_cross_entropy}

@@ -17,7 +17,6 @@ from torch import nn
 
 LEAKY_SLOPE = 0.1
 WIDTHS = (16, 32, 64)
-SUPPORTED_DEPTHS = (20, 32, 44, 56, 110)
 
 
 class ModelOutput(NamedTuple):

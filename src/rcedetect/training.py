@@ -17,12 +17,12 @@ import torch
 
 from . import __version__
 from .augment import cifar_augment
-from .checkpoints import (SIDECAR_FILE, TRAIN_STATE_FILE, WEIGHTS_FILE, atomic_save_tensors, build_model,
-                          read_tensors, save_checkpoint)
+from .checkpoints import TRAIN_STATE_FILE, WEIGHTS_FILE, build_model, save_checkpoint
 from .config import TrainConfig
 from .data import load_dataset
 from .devices import resolve_device
 from .errors import CheckpointError, RceDetectError
+from .files import atomic_save_tensors, read_tensors
 from .inference import accuracy
 from .losses import OBJECTIVES
 
@@ -108,7 +108,7 @@ def train(config: TrainConfig, out_dir, *, device="cpu", resume: bool = False, p
     model.train()
     bar = tqdm(total=config.steps, initial=start, desc=f"train {config.dataset} {config.objective.upper()}-"
                f"ResNet{config.depth}", unit="step", disable=not progress, dynamic_ncols=True)
-    t0, window_t, window_images, correct, seen, loss_sum = time.perf_counter(), time.perf_counter(), 0, 0, 0, 0.0
+    t0, window_t, window_images, correct, seen = time.perf_counter(), time.perf_counter(), 0, 0, 0
     for step in range(start, config.steps):
         for group in optimizer.param_groups:
             group["lr"] = config.learning_rate(step)
@@ -129,7 +129,6 @@ def train(config: TrainConfig, out_dir, *, device="cpu", resume: bool = False, p
         if progress and (step % 10 == 9 or step + 1 == config.steps):
             correct += (logits.argmax(1) == y).sum().item()
             seen += y.shape[0]
-            loss_sum += loss.item()
             now = time.perf_counter()
             bar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{correct / seen:.3f}",
                             img_s=f"{window_images / (now - window_t):.0f}", lr=config.learning_rate(step))

@@ -10,14 +10,21 @@ Each attack is a plain function over a batch returning `AttackResult(x_adv, succ
           lr=1e-2, initial_const=1e-3, abort_early=True)        L2; C&W-hc is kappa=10
     random_noise(x, *, eps, seed)                               the RAND noisy examples
 
-`ATTACKS` maps the CLI names to `AttackSpec`s with one calling convention for all of them:
+`ATTACKS` maps each `Attack` (string lookups work: members are their strings) to an `AttackSpec`
+with one calling convention for all of them:
 
-    spec = ATTACKS["cw"]
-    targets = spec.targets(model, x, y, seed=0)           # what the attack aims at (-1: untargeted)
-    result = spec(model, x, y, eps=None, target=targets, seed=0, max_iters=1000)
+    spec = ATTACKS[Attack.CW]
+    result = spec(model, x, y, eps=None, target=None, seed=0, start=0, max_iters=1000)
+    spec.targets(model, x, y, seed=0, start=0)     # what it aims at; None for untargeted attacks
 
-Settings not given keep the attack's (the paper's) defaults; `spec.defaults` holds the ones the spec
-itself changes (kappa=10 for "cw-hc").
+The spec owns the attack's rules, so no caller needs to know attack names:
+  * `eps` is the L-inf radius / noise amplitude, and JSMA's per-feature offset theta (section 2.3);
+  * random-class targets (JSMA, C&W, C&W-hc; the paper's "random class != y") are drawn by the spec
+    when `target` is None, as a function of each row's global index `start + i`, so attacking a set
+    in any chunking gives the same targets; ILCM computes its least-likely target itself;
+  * an argument the attack does not use (eps, target, seed) or an unknown setting is refused with an
+    `InputError` listing what it accepts. Settings not given keep the attack's (the paper's)
+    defaults; `spec.defaults` holds the ones the spec itself changes (kappa=10 for C&W-hc).
 """
 
 from dataclasses import dataclass, field
@@ -27,6 +34,7 @@ from typing import Callable
 import torch
 
 from ..errors import InputError
+from ..names import Attack, Norm
 from .adaptive_pgd import DetectorAwareResult, detector_aware_pgd
 from .bim import bim
 from .cw import CWOutput, cw_l2, cw_l2_search
@@ -44,83 +52,155 @@ __all__ = [
 ]
 
 
-def _run_fgsm(model, x, y, *, eps, target, seed, **settings):
-    return fgsm(model, x, y, eps=eps, **settings)
+# Adapters to one signature run(model, x, y, *, target, seed, **settings); `eps` arrives in settings
+# under the attack's own name for it (`AttackSpec.eps_setting`).
+def _run_fgsm(model, x, y, *, target, seed, **settings):
+    return fgsm(model, x, y, **settings)
 
 
-def _run_bim(model, x, y, *, eps, target, seed, **settings):
-    return bim(model, x, y, eps=eps, **settings)
+def _run_bim(model, x, y, *, target, seed, **settings):
+    return bim(model, x, y, **settings)
 
 
-def _run_ilcm(model, x, y, *, eps, target, seed, **settings):
-    return ilcm(model, x, eps=eps, **settings)
+def _run_ilcm(model, x, y, *, target, seed, **settings):
+    return ilcm(model, x, **settings)
 
 
-def _run_jsma(model, x, y, *, eps, target, seed, **settings):
+def _run_jsma(model, x, y, *, target, seed, **settings):
     return jsma(model, x, target, **settings)
 
 
-def _run_cw(model, x, y, *, eps, target, seed, **settings):
+def _run_cw(model, x, y, *, target, seed, **settings):
     return cw_l2(model, x, y, target=target, **settings)
 
 
-def _run_rand(model, x, y, *, eps, target, seed, **settings):
-    return random_noise(x, eps=eps, seed=seed, model=model, y=y, **settings)
+def _run_rand(model, x, y, *, target, seed, **settings):
+    return random_noise(x, seed=seed, model=model, y=y, **settings)
 
 
-def _random_class_targets(model, x, y, seed):
-    return random_targets(y, num_classes_of(model, x), seed)
+def _random_class_targets(model, x, y, seed, start):
+    return random_targets(y, num_classes_of(model, x), seed, start=start)
 
 
-def _least_likely_targets(model, x, y, seed):
+def _least_likely_targets(model, x, y, seed, start):
     with eval_mode(model):
         return least_likely_class(model, x)
 
 
+# Arguments of the attack functions that the calling convention itself supplies (never settings).
+_SUPPLIED = frozenset({"eps", "seed", "target", "model", "y"})
+
+
 @dataclass(frozen=True)
 class AttackSpec:
-    """One attack behind the uniform calling convention `spec(model, x, y, *, eps, target, seed, **settings)`.
+    """One attack behind `spec(model, x, y, *, eps=None, target=None, seed=None, start=0, **settings)`.
 
-    distance: "linf", "l0" or "l2". uses_eps: needs `eps` (L-inf radius / noise amplitude).
-    target_rule: how `targets()` picks the goal classes (None: untargeted, returns -1s).
+    name: the `Attack`. run: adapter `run(model, x, y, *, target, seed, **settings)`. function: the
+    attack function, whose keyword-only parameters are the settings it accepts. distance: a `Norm`.
+    eps_setting: the function's parameter that `eps` sets ("eps", JSMA's "theta"), None: no eps.
+    eps_required: `eps` must be given. target_rule: `(model, x, y, seed, start) -> targets`, None for
+    untargeted attacks. draws_targets: the spec draws the targets itself when none are given (the
+    random-class attacks: `target` and `seed` apply); otherwise the attack takes no `target`.
+    uses_seed: the result depends on `seed` (random targets, noise).
     """
 
-    name: str
+    name: Attack
     run: Callable
-    distance: str
-    uses_eps: bool
+    function: Callable
+    distance: Norm
+    eps_setting: str = None
+    eps_required: bool = False
     target_rule: Callable = None
+    draws_targets: bool = False
+    uses_seed: bool = False
     defaults: MappingProxyType = field(default_factory=lambda: MappingProxyType({}))
     description: str = ""
 
     @property
     def targeted(self) -> bool:
+        """The attack aims at a class (JSMA, C&W, C&W-hc: random != y; ILCM: the least likely)."""
         return self.target_rule is not None
 
-    def targets(self, model, x: torch.Tensor, y: torch.Tensor, *, seed: int = 0) -> torch.Tensor:
-        """The classes the attack aims at (N,): random != y (JSMA, C&W, seeded), least likely (ILCM), or -1."""
-        if self.target_rule is None:
-            return torch.full_like(y, -1)
-        return self.target_rule(model, x, y, seed)
+    @property
+    def takes_eps(self) -> bool:
+        """The attack accepts `eps` (the L-inf attacks and RAND require it; for JSMA it is theta)."""
+        return self.eps_setting is not None
 
-    def __call__(self, model, x, y, *, eps=None, target=None, seed: int = 0, **settings) -> AttackResult:
-        if self.uses_eps and eps is None:
+    @property
+    def uses_eps(self) -> bool:
+        """The attack needs `eps` (the L-inf attacks and RAND)."""
+        return self.eps_required
+
+    @property
+    def settings(self) -> tuple:
+        """The keyword settings the attack accepts besides eps / target / seed."""
+        return tuple(s for s in _keyword_only(self.function) if s not in _SUPPLIED)
+
+    def targets(self, model, x: torch.Tensor, y: torch.Tensor, *, seed: int = 0, start: int = 0):
+        """The classes the attack aims at (N,), or None for untargeted attacks. Random-class targets
+        depend only on `seed` and each row's global index `start + i`."""
+        if self.target_rule is None:
+            return None
+        return self.target_rule(model, x, y, 0 if seed is None else seed, start)
+
+    def check_arguments(self, *, eps=None, target=None, seed=None, settings=None) -> None:
+        """Refuse, with one `InputError`, what this attack does not take (see the module docstring)."""
+        settings = dict(settings or {})
+        if self.eps_setting is None and eps is not None:
+            raise InputError(f"attack {self.name} takes no eps: drop it")
+        if self.eps_required and eps is None:
             raise InputError(f"attack {self.name} needs eps (the L-inf budget in [0, 1] pixel units): e.g. --eps 0.1")
-        if self.target_rule is _random_class_targets and target is None:
-            target = self.targets(model, x, y, seed=seed)
-        return self.run(model, x, y, eps=eps, target=target, seed=seed, **{**self.defaults, **settings})
+        if eps is not None and self.eps_setting in settings:
+            raise InputError(f"attack {self.name}: eps is its {self.eps_setting}; pass eps or {self.eps_setting}, "
+                             f"not both")
+        if target is not None and not self.draws_targets:
+            why = "it picks its own target class" if self.targeted else "it is untargeted"
+            raise InputError(f"attack {self.name} takes no target ({why}): drop it")
+        if seed is not None and not self.uses_seed:
+            raise InputError(f"attack {self.name} is deterministic and takes no seed: drop it")
+        unknown = sorted(set(settings) - set(self.settings))
+        if unknown:
+            raise InputError(f"attack {self.name} does not take {', '.join(unknown)}: its settings are "
+                             f"{', '.join(self.settings) or '(none)'}")
+
+    def __call__(self, model, x, y, *, eps=None, target=None, seed=None, start: int = 0,
+                 **settings) -> AttackResult:
+        self.check_arguments(eps=eps, target=target, seed=seed, settings=settings)
+        seed = 0 if seed is None else seed
+        settings = {**self.defaults, **settings}
+        if eps is not None:
+            settings[self.eps_setting] = eps
+        if self.draws_targets and target is None:
+            target = self.targets(model, x, y, seed=seed, start=start)
+        return self.run(model, x, y, target=target, seed=seed, **settings)
+
+
+def _keyword_only(function) -> tuple:
+    import inspect
+
+    return tuple(n for n, p in inspect.signature(function).parameters.items() if p.kind is p.KEYWORD_ONLY)
+
+
+def _linf(name, run, function, description, *, target_rule=None, uses_seed=False):
+    return AttackSpec(name, run, function, Norm.LINF, "eps", True, target_rule, uses_seed=uses_seed,
+                      description=description)
+
+
+def _random_target(name, run, function, distance, description, *, eps_setting=None, defaults=None):
+    return AttackSpec(name, run, function, distance, eps_setting, False, _random_class_targets, draws_targets=True,
+                      uses_seed=True, defaults=MappingProxyType(dict(defaults or {})), description=description)
 
 
 ATTACKS = {
-    "fgsm": AttackSpec("fgsm", _run_fgsm, "linf", True, description="FGSM, Goodfellow et al. 2015"),
-    "bim": AttackSpec("bim", _run_bim, "linf", True, description="BIM, Kurakin et al. 2017a"),
-    "ilcm": AttackSpec("ilcm", _run_ilcm, "linf", True, _least_likely_targets,
-                       description="iterative least-likely class, Kurakin et al. 2017a"),
-    "jsma": AttackSpec("jsma", _run_jsma, "l0", False, _random_class_targets,
-                       description="pairwise JSMA, Papernot et al. 2016b; random target != y"),
-    "cw": AttackSpec("cw", _run_cw, "l2", False, _random_class_targets,
-                     description="C&W-L2, Carlini & Wagner 2017a; random target != y"),
-    "cw-hc": AttackSpec("cw-hc", _run_cw, "l2", False, _random_class_targets, MappingProxyType({"kappa": 10.0}),
-                        description="high-confidence C&W-L2 (kappa=10); random target != y"),
-    "rand": AttackSpec("rand", _run_rand, "linf", True, description="uniform noise U(-eps, eps), appendix B.3"),
+    Attack.FGSM: _linf(Attack.FGSM, _run_fgsm, fgsm, "FGSM, Goodfellow et al. 2015"),
+    Attack.BIM: _linf(Attack.BIM, _run_bim, bim, "BIM, Kurakin et al. 2017a"),
+    Attack.ILCM: _linf(Attack.ILCM, _run_ilcm, ilcm, "iterative least-likely class, Kurakin et al. 2017a",
+                       target_rule=_least_likely_targets),
+    Attack.JSMA: _random_target(Attack.JSMA, _run_jsma, jsma, Norm.L0,
+                                "pairwise JSMA, Papernot et al. 2016b; eps = theta; random target != y",
+                                eps_setting="theta"),
+    Attack.CW: _random_target(Attack.CW, _run_cw, cw_l2, Norm.L2, "C&W-L2, Carlini & Wagner 2017a; random target != y"),
+    Attack.CW_HC: _random_target(Attack.CW_HC, _run_cw, cw_l2, Norm.L2,
+                                 "high-confidence C&W-L2 (kappa=10); random target != y", defaults={"kappa": 10.0}),
+    Attack.RAND: _linf(Attack.RAND, _run_rand, random_noise, "uniform noise U(-eps, eps), appendix B.3", uses_seed=True),
 }

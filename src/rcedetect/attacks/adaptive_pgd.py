@@ -37,10 +37,11 @@ from typing import NamedTuple
 import torch
 
 from ..errors import InputError
+from ..names import Norm, PGDMethod
 from .cw import logit_margin
 from .result import check_images, check_labels, check_positive, eval_mode, num_classes_of
 
-NORMS = ("linf", "l2")
+NORMS = (Norm.LINF, Norm.L2)  # the balls PGD projects onto (no L0 projection)
 TINY = 1e-12
 
 
@@ -81,13 +82,13 @@ def _direction_selective(margin, grad_m, grad_d):
     return torch.where(_expand(margin > 0, grad_m), grad_d, grad_m)
 
 
-METHODS = ("orthogonal", "selective", "logit")
-TWO_GRADIENTS = {"orthogonal": _direction_orthogonal, "selective": _direction_selective}
+# The rules that combine two gradients; PGDMethod.LOGIT ascends one objective.
+TWO_GRADIENTS = {PGDMethod.ORTHOGONAL: _direction_orthogonal, PGDMethod.SELECTIVE: _direction_selective}
 
 
 def _random_start(x, eps, norm, generator):
     shape = x.shape
-    if norm == "linf":
+    if norm == Norm.LINF:
         noise = (torch.rand(shape, generator=generator) * 2 - 1) * eps
     else:
         direction = torch.randn(shape, generator=generator)
@@ -98,7 +99,7 @@ def _random_start(x, eps, norm, generator):
 
 def _project(x_adv, x, eps, norm):
     delta = x_adv - x
-    if norm == "linf":
+    if norm == Norm.LINF:
         delta = delta.clamp(-eps, eps)
     else:
         norms = delta.flatten(1).norm(dim=1)
@@ -107,13 +108,13 @@ def _project(x_adv, x, eps, norm):
 
 
 def _step(x_adv, g, alpha, norm):
-    if norm == "linf":
+    if norm == Norm.LINF:
         return x_adv + alpha * g.sign()
     return x_adv + alpha * g / _expand(g.flatten(1).norm(dim=1).clamp_min(TINY), g)
 
 
 def detector_aware_pgd(model, x: torch.Tensor, y: torch.Tensor, detector, *, eps: float, steps: int = 100,
-                       norm: str = "linf", restarts: int = 1, step_size=None, method: str = "logit",
+                       norm: str = Norm.LINF, restarts: int = 1, step_size=None, method: str = PGDMethod.LOGIT,
                        seed: int = 0, progress: bool = False) -> DetectorAwareResult:
     """PGD against classifier + `detector` (see the module docstring) on `x` (N, C, H, W) in [0, 1].
 
@@ -128,10 +129,9 @@ def detector_aware_pgd(model, x: torch.Tensor, y: torch.Tensor, detector, *, eps
     Returns `DetectorAwareResult(x_adv, success, score, prediction)`.
     """
     check_images(x)
+    norm, method = Norm.coerce(norm, "norm"), PGDMethod.coerce(method, "PGD method")
     if norm not in NORMS:
-        raise InputError(f"norm must be one of {', '.join(NORMS)}, got {norm!r}")
-    if method not in METHODS:
-        raise InputError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+        raise InputError(f"norm must be one of {', '.join(NORMS)}, got '{norm}'")
     check_positive(eps, "eps", allow_zero=True)
     check_positive(steps, "steps")
     check_positive(restarts, "restarts")

@@ -18,6 +18,7 @@ it from the working batch: fewer forward/backward passes and smaller perturbatio
 import torch
 
 from .fgsm import resolve_loss
+from ..names import Objective
 from .result import AttackResult, check_images, check_labels, check_positive, eval_mode, goal_reached, predict
 
 
@@ -57,7 +58,7 @@ def iterative_sign_attack(model, x, labels, *, eps, steps, step_size, targeted, 
 
 
 def bim(model, x: torch.Tensor, y: torch.Tensor, *, eps: float, steps: int = 10, step_size=None,
-        loss="ce", early_stop: bool = False) -> AttackResult:
+        loss=Objective.CE, early_stop: bool = False) -> AttackResult:
     """BIM (untargeted) on images `x` (N, C, H, W) in [0, 1] with true labels `y` (N,).
 
     Returns AttackResult(x_adv, success); `success` = the model misclassifies x_adv.

@@ -28,7 +28,7 @@ Differences from the authors' code (P2333/Reverse-Cross-Entropy): their C&W runs
 iterations per binary-search step (`max_iterations=10`); we default to the paper's 10 000. The L2 term
 is measured from x itself, not from the tanh-reconstruction of x (they differ by ~1e-6).
 
-Reuse (C&W-wb of issue 5, detector-aware variants): `cw_l2_search` is the optimisation core. It takes
+Reuse (C&W-wb, detector-aware variants): `cw_l2_search` is the optimisation core. It takes
 `extra_loss(x_adv, logits, features, idx) -> (n,)` added to f inside the c-weighted term (or outside
 it with `scale_extra_by_const=False`) and `extra_success(x_adv, logits, features, idx) -> (n,) bool`
 ANDed with the class goal; `idx` are the rows of the full batch in the current working batch (index

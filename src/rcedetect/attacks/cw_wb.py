@@ -50,7 +50,7 @@ from typing import NamedTuple
 
 import torch
 
-from ..detectors.kernel_density import KernelDensity
+from ..detectors.kernel_density import DEFAULT_CHUNK_SIZE, KernelDensity
 from ..errors import InputError
 from .cw import cw_l2_search, logit_margin
 from .result import check_images, check_labels, check_positive, eval_mode, num_classes_of, random_targets
@@ -79,19 +79,16 @@ class CWWBResult(NamedTuple):
 
 def kernel_density_of(detector) -> KernelDensity:
     """The fitted `KernelDensity` of `detector`: itself, or the metric of a `ThresholdDetector`."""
-    kd = detector if isinstance(detector, KernelDensity) else getattr(detector, "metric", None)
+    if isinstance(detector, KernelDensity):
+        kd = detector
+    else:  # a ThresholdDetector: the metric it scores with (fitted copy after fit, else as given)
+        kd = getattr(detector, "metric_", getattr(detector, "metric", None))
     if not isinstance(kd, KernelDensity):
         raise InputError(f"C&W-wb attacks the K-density detector: pass a fitted KernelDensity or a "
                          f"ThresholdDetector with the 'kd' metric, got {detector!r}")
     if not hasattr(kd, "bank_"):
         raise InputError("the K-density detector is not fitted: call fit(train_output, train_labels) first")
     return kd
-
-
-def _class_slices(kd: KernelDensity):
-    stops = torch.cumsum(kd.bank_counts_, 0).tolist()
-    starts = [0] + stops[:-1]
-    return [slice(a, b) for a, b in zip(starts, stops)]
 
 
 def attack_bank(detector, size: int = 100, *, seed: int = 0):
@@ -104,18 +101,15 @@ def attack_bank(detector, size: int = 100, *, seed: int = 0):
     if not isinstance(size, int) or isinstance(size, bool) or size < 2:
         raise InputError(f"attack_bank_size must be an integer >= 2, got {size!r}")
     gen = torch.Generator().manual_seed(int(seed))
-    rows, counts = [], []
-    for part in _class_slices(kd):
+    rows = []
+    for part in kd.class_slices():
         n = part.stop - part.start
-        pick = torch.randperm(n, generator=gen)[:size].sort().values + part.start
-        rows.append(pick)
-        counts.append(pick.numel())
+        rows.append(torch.randperm(n, generator=gen)[:size].sort().values + part.start)
     rows = torch.cat(rows)
     member = torch.full((kd.bank_.shape[0],), -1, dtype=torch.long)
     member[rows] = torch.arange(rows.numel())
-    sub = KernelDensity.from_state(
-        {"bandwidth_sq": kd.bandwidth_sq, "n_per_class": size, "seed": int(seed)},
-        {"bank": kd.bank_.detach()[rows.to(kd.bank_.device)].clone(), "bank_counts": torch.tensor(counts)})
+    # The attack's own K-density: the detector's σ²; default chunking, as the attack always used.
+    sub = kd.subset(rows, n_per_class=size, seed=int(seed), chunk_size=DEFAULT_CHUNK_SIZE)
     return sub, member
 
 
@@ -145,7 +139,7 @@ def attack_eta(detector, attack_kd: KernelDensity, member: torch.Tensor) -> torc
     bank = kd.bank_.detach().cpu()
     sub = attack_kd.bank_.detach().cpu()
     out = []
-    for part, sub_part in zip(_class_slices(kd), _class_slices(attack_kd)):
+    for part, sub_part in zip(kd.class_slices(), attack_kd.class_slices()):
         same = member[part].clone()
         same[same >= 0] -= sub_part.start  # row inside this class's attack bank
         out.append(_median_neg_log_kd(bank[part], sub[sub_part], same, kd.bandwidth_sq))
@@ -158,7 +152,7 @@ def detector_eta(detector) -> torch.Tensor:
     kd = kernel_density_of(detector)
     bank = kd.bank_.detach().cpu()
     out = []
-    for part in _class_slices(kd):
+    for part in kd.class_slices():
         n = part.stop - part.start
         if n < 2:
             raise InputError(f"the K-density bank has {n} point(s) in a class: leave-one-out needs 2 or more")
@@ -185,14 +179,15 @@ def cw_wb(model, x: torch.Tensor, y: torch.Tensor, detector, *, target=None, kap
           attack_bank_size: int = 100, eta=None, l2_from: str = "clean", binary_search_steps: int = 9,
           max_iters: int = 10000, lr: float = 1e-2, initial_const: float = 1.0, phase1_binary_search_steps=None,
           phase1_max_iters=None, phase1_initial_const=None, abort_early: bool = True, seed: int = 0,
-          progress: bool = False) -> CWWBResult:
+          start: int = 0, progress: bool = False) -> CWWBResult:
     """C&W-wb (Carlini & Wagner 2017b; Pang et al. 2018 section 4.4) on images `x` (N, C, H, W) in [0, 1].
 
     Args:
         model: classifier with `forward_features(x) -> ModelOutput(logits, features)`.
         y: true labels (N,); targets are drawn from them when `target` is None.
         detector: fitted `KernelDensity` or `ThresholdDetector` over one (the K-density detector).
-        target: classes to reach (N,), != y. Default: `random_targets(y, L, seed)`.
+        target: classes to reach (N,), != y. Default: `random_targets(y, L, seed, start=start)`, `start`
+            being the global index of row 0 (the same targets in any chunking).
         kappa: logit margin (0: C&W-wb; 5: the high-confidence C&W-wb-hc of appendix B.4).
         attack_bank_size: training points per class in the attack's KD (paper: 100), seeded by `seed`.
         eta: override the attack's eta (a float or (C,) per class); the evaluation eta is always
@@ -227,7 +222,7 @@ def cw_wb(model, x: torch.Tensor, y: torch.Tensor, detector, *, target=None, kap
             raise InputError(f"the K-density bank has {kd.num_classes} classes, the model {num_classes}: "
                              f"fit the detector on this model's training features")
         if target is None:
-            target = random_targets(y, num_classes, seed)
+            target = random_targets(y, num_classes, seed, start=start)
         check_labels(target, n, "target", num_classes)
         y, target = y.to(device), target.to(device)
         if (target == y).any():

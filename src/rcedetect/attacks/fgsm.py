@@ -16,7 +16,9 @@ true label; pass `y = model(x).argmax(1)` to reproduce the authors' choice.
 
 import torch
 
+from ..errors import InputError
 from ..losses import OBJECTIVES
+from ..names import Objective
 from .result import AttackResult, check_images, check_labels, check_positive, eval_mode, goal_reached, predict
 
 
@@ -25,9 +27,10 @@ def resolve_loss(loss):
     if callable(loss):
         return loss
     try:
-        return OBJECTIVES[loss]
-    except (KeyError, TypeError):
-        raise ValueError(f"loss must be one of {sorted(OBJECTIVES)} or a callable (logits, y) -> scalar, got {loss!r}") from None
+        return OBJECTIVES[Objective(loss)]
+    except (ValueError, TypeError):
+        raise InputError(f"loss must be one of {', '.join(Objective.choices())} or a callable (logits, y) -> scalar, "
+                         f"got {loss!r}") from None
 
 
 def input_gradient(model, x: torch.Tensor, y: torch.Tensor, loss_fn) -> torch.Tensor:
@@ -39,7 +42,7 @@ def input_gradient(model, x: torch.Tensor, y: torch.Tensor, loss_fn) -> torch.Te
     return grad
 
 
-def fgsm(model, x: torch.Tensor, y: torch.Tensor, *, eps: float, loss="ce") -> AttackResult:
+def fgsm(model, x: torch.Tensor, y: torch.Tensor, *, eps: float, loss=Objective.CE) -> AttackResult:
     """FGSM (untargeted) on images `x` (N, C, H, W) in [0, 1] with true labels `y` (N,).
 
     Returns AttackResult(x_adv, success) with `success` = the model misclassifies x_adv.

@@ -10,6 +10,7 @@ writes eps per step, see `bim`). L is the CE of the prediction logits by default
 
 import torch
 
+from ..names import Objective
 from .bim import iterative_sign_attack
 from .fgsm import resolve_loss
 from .result import AttackResult, check_images, check_positive, eval_mode, goal_reached, predict
@@ -21,7 +22,7 @@ def least_likely_class(model, x: torch.Tensor) -> torch.Tensor:
         return model(x).argmin(dim=1)
 
 
-def ilcm(model, x: torch.Tensor, *, eps: float, steps: int = 10, step_size=None, loss="ce",
+def ilcm(model, x: torch.Tensor, *, eps: float, steps: int = 10, step_size=None, loss=Objective.CE,
          early_stop: bool = False) -> AttackResult:
     """ILCM on images `x` (N, C, H, W) in [0, 1].
 

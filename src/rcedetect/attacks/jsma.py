@@ -32,6 +32,7 @@ binding limit (78 features on MNIST, 307 on CIFAR-10).
 
 import torch
 
+from ..errors import InputError
 from .result import AttackResult, check_images, check_labels, check_positive, eval_mode, goal_reached, num_classes_of, predict
 
 # name -> (map logits to F, whether sum_j F_j is constant so that beta = -alpha exactly)
@@ -108,14 +109,14 @@ def jsma(model, x: torch.Tensor, target: torch.Tensor, *, theta: float = 1.0, ga
     """
     check_images(x)
     if not isinstance(theta, (int, float)) or theta == 0:
-        raise ValueError(f"theta must be a non-zero number (+1 increases features to the top of the box), got {theta!r}")
+        raise InputError(f"theta must be a non-zero number (+1 increases features to the top of the box), got {theta!r}")
     if not (0 < gamma <= 1):
-        raise ValueError(f"gamma is the largest fraction of features JSMA may change, in (0, 1]; got {gamma!r}")
+        raise InputError(f"gamma is the largest fraction of features JSMA may change, in (0, 1]; got {gamma!r}")
     check_positive(max_iters, "max_iters", allow_zero=True)
     try:
         to_output, probs_sum_to_one = OUTPUTS[output]
     except KeyError:
-        raise ValueError(f"output must be one of {sorted(OUTPUTS)}, got {output!r}") from None
+        raise InputError(f"output must be one of {sorted(OUTPUTS)}, got {output!r}") from None
     n, shape = x.shape[0], x.shape[1:]
     d = x[0].numel()
     with eval_mode(model):

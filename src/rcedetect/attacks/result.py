@@ -7,13 +7,14 @@ mode the caller had afterwards.
 """
 
 import json
-from contextlib import contextmanager
 from pathlib import Path
 from typing import NamedTuple
 
 import torch
 
 from ..errors import InputError
+from ..files import atomic_save_tensors, atomic_write_json
+from ..inference import eval_mode  # noqa: F401  (the attacks import it from here)
 
 
 class AttackResult(NamedTuple):
@@ -59,24 +60,6 @@ def check_positive(value, name: str, *, allow_zero: bool = False) -> None:
     if not isinstance(value, (int, float)) or isinstance(value, bool) or not ok:
         bound = ">= 0" if allow_zero else "> 0"
         raise InputError(f"{name} must be a number {bound}, got {value!r}")
-
-
-@contextmanager
-def eval_mode(model: torch.nn.Module):
-    """Run the block with `model` in eval mode and restore the caller's train/eval mode afterwards."""
-    was_training = model.training
-    model.eval()
-    try:
-        yield model
-    finally:
-        model.train(was_training)
-
-
-def model_device(model: torch.nn.Module) -> torch.device:
-    try:
-        return next(model.parameters()).device
-    except StopIteration:
-        return torch.device("cpu")
 
 
 def num_classes_of(model: torch.nn.Module, x: torch.Tensor) -> int:
@@ -128,18 +111,12 @@ ADV_FORMAT = "rcedetect-adversarial-v1"
 def save_adversarial(path, tensors: dict, info: dict) -> Path:
     """Write `tensors` to `path` (.safetensors) with `info` (attack name, settings, ...) as JSON both
     in the file's metadata and in a sidecar `path.with_suffix('.json')`. Returns the tensors' path."""
-    from safetensors.torch import save_file
-
     path = Path(path)
     if path.suffix != ".safetensors":
         path = path.with_suffix(".safetensors")
-    path.parent.mkdir(parents=True, exist_ok=True)
     info = {"format": ADV_FORMAT, **info}
-    text = json.dumps(info, sort_keys=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata={"info": text})
-    tmp.replace(path)
-    path.with_suffix(".json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+    atomic_save_tensors(path, tensors, {"info": json.dumps(info, sort_keys=True)})
+    atomic_write_json(path.with_suffix(".json"), info)
     return path
 
 

@@ -1,6 +1,7 @@
 """Arguments shared by several sub-commands."""
 
 import argparse
+import sys
 
 from ..devices import DEVICE_CHOICES
 
@@ -17,4 +18,10 @@ def add_data_dir_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def add_checkpoint_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("checkpoint", help="checkpoint folder written by 'rcedetect train' (model.safetensors + model.json)")
+    parser.add_argument("checkpoint", help="checkpoint folder written by 'rcedetect train' (weights + JSON sidecar)")
+
+
+def print_notes(notes) -> None:
+    """Remarks of the library (e.g. why a detector was refitted) on stderr, one per line."""
+    for note in notes:
+        print(note if note.startswith("warning:") else f"note: {note}", file=sys.stderr)

@@ -3,28 +3,31 @@
     rcedetect attack runs/mnist_rce --attack cw --n 1000 --out adv/cw.safetensors
 
 Writes a safetensors file (readable without unpickling: `rcedetect.attacks.load_adversarial`) with
-the tensors x (clean, float [0, 1]), x_adv, labels, targets (-1 for untargeted attacks), success,
-clean_pred, adv_pred and index (rows of the split), plus a JSON sidecar (same name, .json) holding the
-attack name, its settings, the seed, the checkpoint, timing and summary statistics.
+the tensors x (clean, float [0, 1]), x_adv, labels, success, clean_pred, adv_pred, index (rows of the
+split) and, for targeted attacks, targets; plus a JSON sidecar (same name, .json) holding the attack
+name, its settings, the seed, the checkpoint, timing and summary statistics. Random targets are drawn
+from --seed and each row's global index, so --batch-size never changes them.
 """
 
 import time
 
+from ..names import Attack
 from . import _threat_models
 
 # CLI option -> (attack keyword, attacks it applies to). Options left unset keep the attack's defaults.
+_CW = (Attack.CW, Attack.CW_HC)
 SETTINGS = {
-    "steps": ("steps", ("bim", "ilcm")),
-    "step_size": ("step_size", ("bim", "ilcm")),
-    "theta": ("theta", ("jsma",)),
-    "gamma": ("gamma", ("jsma",)),
-    "max_iters": ("max_iters", ("jsma", "cw", "cw-hc")),
-    "kappa": ("kappa", ("cw", "cw-hc")),
-    "binary_search_steps": ("binary_search_steps", ("cw", "cw-hc")),
-    "lr": ("lr", ("cw", "cw-hc")),
-    "initial_const": ("initial_const", ("cw", "cw-hc")),
-    "abort_early": ("abort_early", ("cw", "cw-hc")),
-    "jsma_output": ("output", ("jsma",)),
+    "steps": ("steps", (Attack.BIM, Attack.ILCM)),
+    "step_size": ("step_size", (Attack.BIM, Attack.ILCM)),
+    "theta": ("theta", (Attack.JSMA,)),
+    "gamma": ("gamma", (Attack.JSMA,)),
+    "max_iters": ("max_iters", (Attack.JSMA, *_CW)),
+    "kappa": ("kappa", _CW),
+    "binary_search_steps": ("binary_search_steps", _CW),
+    "lr": ("lr", _CW),
+    "initial_const": ("initial_const", _CW),
+    "abort_early": ("abort_early", _CW),
+    "jsma_output": ("output", (Attack.JSMA,)),
 }
 
 
@@ -37,12 +40,13 @@ def register(subparsers) -> None:
         description="Run one of the paper's attacks (section 2.3, appendix B.2-B.3) on test images and save "
                     "the adversarial examples with clean inputs, labels, targets and success flags.")
     add_checkpoint_argument(parser)
-    parser.add_argument("--attack", required=True, choices=list(ATTACKS) + list(_threat_models.ATTACK_NAMES),
+    parser.add_argument("--attack", required=True, choices=Attack.choices(),
                         help="; ".join(f"{name}: {spec.description}" for name, spec in ATTACKS.items())
                         + "; cw-wb / cw-wb-hc: white-box C&W against the K-density detector (kappa 0 / 5); "
                           "adaptive-pgd: PGD against classifier + --detector")
     parser.add_argument("--eps", type=float, default=None,
-                        help="L-inf budget in [0, 1] pixel units (fgsm, bim, ilcm) or noise amplitude (rand)")
+                        help="L-inf budget in [0, 1] pixel units (fgsm, bim, ilcm, adaptive-pgd), noise amplitude "
+                             "(rand) or jsma's per-feature change theta")
     parser.add_argument("--n", type=int, default=1000, help="number of test images to attack (default: 1000)")
     parser.add_argument("--start", type=int, default=0, help="first test image (default: 0)")
     parser.add_argument("--split", choices=("test", "train"), default="test")
@@ -74,19 +78,29 @@ def attack_settings(args) -> dict:
     """The attack keywords the user set, rejecting options that do not apply to the chosen attack."""
     from ..errors import InputError
 
+    attack = Attack.coerce(args.attack)
     settings = {}
     for option, (keyword, applies_to) in SETTINGS.items():
         value = getattr(args, option, None)
         if value is None:
             continue
-        if args.attack not in applies_to:
+        if attack not in applies_to:
             flag = "--no-abort-early" if option == "abort_early" else "--" + option.replace("_", "-")
-            raise InputError(f"{flag} does not apply to --attack {args.attack} (only to {', '.join(applies_to)}): drop it")
+            raise InputError(f"{flag} does not apply to --attack {attack} "
+                             f"(only to {', '.join(map(str, applies_to))}): drop it")
         settings[keyword] = value
     return settings
 
 
 def run(args) -> int:
+    from ..evaluation.threat_models import THREAT_MODEL_ATTACKS
+
+    if Attack.coerce(args.attack) in THREAT_MODEL_ATTACKS:
+        return _threat_models.run_threat_model_attack(args)
+    return _run_attack(args)
+
+
+def _run_attack(args) -> int:
     import torch
     from tqdm.auto import tqdm
 
@@ -97,14 +111,13 @@ def run(args) -> int:
     from ..devices import resolve_device
     from ..errors import InputError
 
-    if args.attack in _threat_models.ATTACK_NAMES:
-        return _threat_models.run_threat_model_attack(args)
-    spec = ATTACKS[args.attack]
+    attack = Attack.coerce(args.attack)
+    spec = ATTACKS[attack]
     settings = attack_settings(args)
     if spec.uses_eps and args.eps is None:
-        raise InputError(f"--attack {args.attack} needs --eps (L-inf budget in [0, 1] pixel units), e.g. --eps 0.1")
-    if not spec.uses_eps and args.eps is not None:
-        raise InputError(f"--eps does not apply to --attack {args.attack}: drop it")
+        raise InputError(f"--attack {attack} needs --eps (L-inf budget in [0, 1] pixel units), e.g. --eps 0.1")
+    if not spec.takes_eps and args.eps is not None:
+        raise InputError(f"--eps does not apply to --attack {attack}: drop it")
     if args.n < 1 or args.start < 0:
         raise InputError(f"--n must be >= 1 and --start >= 0, got --n {args.n} --start {args.start}")
     device = resolve_device(args.device)
@@ -120,23 +133,30 @@ def run(args) -> int:
     index = torch.arange(args.start, args.start + args.n)
     x_all = data.float_images(index)
     y_all = data.labels[index]
-    chunks = {key: [] for key in ("x_adv", "success", "targets", "clean_pred", "adv_pred")}
-    bar = tqdm(total=args.n, desc=args.attack, unit="img", disable=not args.progress)
+    keys = ("x_adv", "success", "clean_pred", "adv_pred") + (("targets",) if spec.targeted else ())
+    chunks = {key: [] for key in keys}
+    eps = {} if args.eps is None else {"eps": args.eps}
+    bar = tqdm(total=args.n, desc=str(attack), unit="img", disable=not args.progress)
     started = time.perf_counter()
     done = succeeded = 0
     for begin in range(0, args.n, batch_size):
         x = x_all[begin:begin + batch_size].to(device)
         y = y_all[begin:begin + batch_size].to(device)
-        # Seeds depend on the position in the run, so each batch gets its own, reproducible draw.
-        seed = args.seed + args.start + begin
-        targets = spec.targets(model, x, y, seed=seed)
-        result = spec(model, x, y, eps=args.eps, target=None if targets.min() < 0 else targets, seed=seed, **settings)
+        # Random targets are functions of --seed and the rows' global indices (start), not of the
+        # batch. RAND's noise takes no start: each batch keeps its own seed, as it always had.
+        start = args.start + begin
+        seed = {}
+        if spec.uses_seed:
+            seed = {"seed": args.seed if spec.draws_targets else args.seed + start}
+        targets = spec.targets(model, x, y, seed=args.seed, start=start)
+        result = spec(model, x, y, start=start, **eps, **seed, **settings)
         with torch.no_grad():
             chunks["clean_pred"].append(model(x).argmax(1).cpu())
             chunks["adv_pred"].append(model(result.x_adv).argmax(1).cpu())
         chunks["x_adv"].append(result.x_adv.detach().cpu())
         chunks["success"].append(result.success.cpu())
-        chunks["targets"].append(targets.cpu())
+        if targets is not None:
+            chunks["targets"].append(targets.cpu())
         done += x.shape[0]
         succeeded += int(result.success.sum())
         bar.update(x.shape[0])
@@ -156,15 +176,15 @@ def run(args) -> int:
         "mean_changed_features_successful": (diff[ok] != 0).sum(1).float().mean().item() if ok.any() else None,
     }
     info = {
-        "attack": args.attack, "settings": {**spec.defaults, **settings}, "eps": args.eps, "seed": args.seed,
-        "checkpoint": str(loaded.directory), "dataset": loaded.config.dataset, "objective": loaded.config.objective,
-        "split": args.split, "start": args.start, "n": args.n, "batch_size": batch_size, "device": str(device),
-        "seconds": seconds, "seconds_per_example": seconds / args.n, "summary": summary,
-        "rcedetect_version": __version__, "torch_version": torch.__version__,
+        "attack": attack, "settings": {**spec.defaults, **settings}, "eps": args.eps, "seed": args.seed,
+        "targeted": spec.targeted, "checkpoint": str(loaded.directory), "dataset": loaded.config.dataset,
+        "objective": loaded.config.objective, "split": args.split, "start": args.start, "n": args.n,
+        "batch_size": batch_size, "device": str(device), "seconds": seconds, "seconds_per_example": seconds / args.n,
+        "summary": summary, "rcedetect_version": __version__, "torch_version": torch.__version__,
     }
     path = save_adversarial(args.out, tensors, info)
     l2 = summary["median_l2_successful"]
-    print(f"{args.attack}: {args.n} examples, success {summary['success_rate']:.1%}, "
+    print(f"{attack}: {args.n} examples, success {summary['success_rate']:.1%}, "
           f"accuracy on adversarial {summary['accuracy_on_adversarial']:.1%}, "
           f"median L2 {'n/a' if l2 is None else f'{l2:.3f}'}, {seconds / args.n:.3g} s/example -> {path}")
     return 0

@@ -14,24 +14,19 @@ different `--fpr` only moves the threshold (the clean calibration scores are sto
 forces a new fit.
 """
 
-import hashlib
 import json
 import math
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from ..errors import InputError
-from ._common import add_checkpoint_argument, add_data_dir_argument, add_device_argument
+from ..names import Metric
+from ._common import add_checkpoint_argument, add_data_dir_argument, add_device_argument, print_notes
 
-METRIC_NAMES = ("confidence", "non-me", "kd")
 REPORT_QUANTILES = (0.0, 0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 1.0)
 RESPLITS = 100
-# Metric-specific command-line options, passed to the METRICS factory.
-METRIC_OPTIONS = {"kd": lambda args: {"n_per_class": args.n_per_class, "bandwidth_sq": args.bandwidth_sq}}
 
 
 def register(subparsers) -> None:
@@ -40,7 +35,7 @@ def register(subparsers) -> None:
         description="Thresholding detector of Pang et al. 2018: print the label or NOT SURE for each input, "
                     "or (--report) the clean-data score distributions and the measured false-positive rate.")
     add_checkpoint_argument(parser)
-    parser.add_argument("--metric", choices=METRIC_NAMES, default=None,
+    parser.add_argument("--metric", choices=Metric.choices(), default=None,
                         help="detection metric (default: kd; with --report all three)")
     mode = parser.add_mutually_exclusive_group(required=True)
     mode.add_argument("--input", help="a PNG image, or a batch as .npy / .pt, shaped (N, C, H, W), (C, H, W) or (H, W)")
@@ -171,107 +166,19 @@ def load_input(path, *, in_channels: int, image_size: int, dataset: str = "the",
 
 
 # ------------------------------------------------------------------------------ fitting detectors
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 22):
-            digest.update(block)
-    return digest.hexdigest()
+def _session(args, ckpt, device):
+    from ..detectors.session import DetectorSession, DetectorSettings
+
+    settings = DetectorSettings(fpr=args.fpr, n_per_class=args.n_per_class, bandwidth_sq=args.bandwidth_sq,
+                                calibration_size=args.calibration_size, split_seed=args.split_seed,
+                                refit=args.refit, data_dir=args.data_dir, batch_size=args.batch_size)
+    return DetectorSession(ckpt, settings, device=device)
 
 
-class _Session:
-    """The checkpoint, data and cached model outputs of one command (shared by all metrics)."""
-
-    def __init__(self, args, ckpt, device):
-        self.args, self.ckpt, self.device = args, ckpt, device
-        self.config = ckpt.config
-        self.weights_sha256 = _sha256(ckpt.directory / "model.safetensors")
-        self._outputs = {}
-
-    def dataset(self, split):
-        from ..data import load_dataset
-
-        return load_dataset(self.config.dataset, split, self.args.data_dir)
-
-    def outputs(self, split, index, key):
-        from ..detectors import collect_outputs
-
-        if key not in self._outputs:
-            images = self.dataset(split).images[index]
-            self._outputs[key] = collect_outputs(self.ckpt.model, images, batch_size=self.args.batch_size,
-                                                 device=self.device)
-        return self._outputs[key]
-
-    def test_order(self) -> torch.Tensor:
-        """A seeded permutation of the test set. Its first `--calibration-size` images set thresholds and
-        `--report` measures on the next as many: random halves are exchangeable, MNIST's own halves are
-        not (its first 5 000 test digits are cleaner than the last 5 000)."""
-        n_test = len(self.dataset("test"))
-        return torch.randperm(n_test, generator=torch.Generator().manual_seed(self.args.split_seed))
-
-    def calibration_range(self):
-        n_test = len(self.dataset("test"))
-        size = self.args.calibration_size
-        if not 0 < size < n_test:
-            raise InputError(f"--calibration-size must be between 1 and {n_test - 1}, got {size}")
-        return 0, size
-
-    def test_outputs(self, start, stop):
-        return self.outputs("test", self.test_order()[start:stop], ("test", self.args.split_seed, start, stop))
-
-    def calibration_outputs(self):
-        return self.test_outputs(*self.calibration_range())
-
-    def new_metric(self, name):
-        from ..detectors import METRICS
-
-        kwargs = METRIC_OPTIONS.get(name, lambda args: {})(self.args)
-        return METRICS[name](self.config.objective, **kwargs)
-
-    def fit_settings(self, name):
-        start, stop = self.calibration_range()
-        return {"checkpoint_sha256": self.weights_sha256, "dataset": self.config.dataset,
-                "objective": self.config.objective, "metric_params": self.new_metric(name).params(),
-                "calibration": {"split": "test", "permutation_seed": self.args.split_seed, "start": start,
-                                "stop": stop}}
-
-    def detector(self, name):
-        """Load the saved detector when its fit settings match, else fit and save one."""
-        from ..detectors import ThresholdDetector, detector_paths, load_detector, save_detector
-        from ..errors import CheckpointError
-
-        settings = self.fit_settings(name)
-        if not self.args.refit and any(p.exists() for p in detector_paths(self.ckpt.directory, name)):
-            try:
-                detector, metadata = load_detector(self.ckpt.directory, name)
-            except CheckpointError as exc:
-                detector, metadata = None, None
-                print(f"note: {exc}; refitting", file=sys.stderr)
-            if metadata is not None and {k: metadata.get(k) for k in settings} == settings \
-                    and detector.calibration_scores_ is not None:
-                if detector.fpr_ != self.args.fpr:
-                    detector.recalibrate(self.args.fpr)
-                return detector
-            if metadata is not None:
-                print(f"note: the saved {name} detector was fitted with other settings or weights; refitting",
-                      file=sys.stderr)
-        t0 = time.perf_counter()
-        metric = self.new_metric(name)
-        detector = ThresholdDetector(metric, fpr=self.args.fpr)
-        if metric.requires_fit:
-            train = self.dataset("train")
-            index = metric.subset_indices(train.labels, self.ckpt.model.num_classes)
-            train_out = self.outputs("train", index, ("train-bank", name, self.args.n_per_class))
-            detector.fit(train_out, train.labels[index], calibration=self.calibration_outputs())
-        else:
-            detector.fit(calibration=self.calibration_outputs())
-        settings["fit_seconds"] = time.perf_counter() - t0
-        try:
-            save_detector(detector, self.ckpt.directory, metadata=settings)
-        except OSError as exc:
-            print(f"warning: could not save the detector beside the checkpoint ({exc}); "
-                  f"it will be refitted next time", file=sys.stderr)
-        return detector
+def _detector(session, metric):
+    detector, info = session.detector(metric)
+    print_notes(info.notes)
+    return detector
 
 
 def _quantiles(scores: torch.Tensor) -> dict:
@@ -299,10 +206,10 @@ def _resplit_rates(calibration_scores, evaluation_scores, fpr: float, splits: in
             "within_1pp": float(np.mean(np.abs(rates - fpr) <= 0.01))}
 
 
-def _report(session) -> dict:
+def _report(session, metrics) -> dict:
     from ..evaluation import rejection_rate
 
-    args = session.args
+    settings = session.settings
     start, stop = session.calibration_range()
     n_test = len(session.dataset("test"))
     eval_stop = min(n_test, stop + (stop - start))
@@ -311,15 +218,15 @@ def _report(session) -> dict:
     eval_labels = test.labels[session.test_order()[stop:eval_stop]]
     correct = eval_out.logits.argmax(1) == eval_labels
     report = {
-        "checkpoint": str(session.ckpt.directory), "dataset": session.config.dataset,
-        "objective": session.config.objective, "depth": session.config.depth, "fpr": args.fpr,
-        "calibration": {"split": "test", "permutation_seed": args.split_seed, "start": start, "stop": stop},
-        "evaluation": {"split": "test", "permutation_seed": args.split_seed, "start": stop, "stop": eval_stop,
+        "checkpoint": str(session.checkpoint.directory), "dataset": session.config.dataset,
+        "objective": session.config.objective, "depth": session.config.depth, "fpr": settings.fpr,
+        "calibration": {"split": "test", "permutation_seed": settings.split_seed, "start": start, "stop": stop},
+        "evaluation": {"split": "test", "permutation_seed": settings.split_seed, "start": stop, "stop": eval_stop,
                        "accuracy": float(correct.float().mean())},
         "metrics": {},
     }
-    for name in ([args.metric] if args.metric else METRIC_NAMES):
-        detector = session.detector(name)
+    for name in metrics:
+        detector = _detector(session, name)
         with torch.no_grad():
             scores = detector.score_samples(eval_out).cpu()
         n = scores.numel()
@@ -361,21 +268,18 @@ def _print_report(report: dict) -> None:
 
 # ------------------------------------------------------------------------------------------- run
 def run(args) -> int:
-    from ..checkpoints import atomic_write_json, load_checkpoint
+    from ..checkpoints import load_checkpoint
     from ..data import DATASETS
     from ..detectors import collect_outputs
     from ..devices import resolve_device
+    from ..files import atomic_write_json
 
-    if not 0 <= args.fpr < 1:
-        raise InputError(f"--fpr must be in [0, 1), got {args.fpr}")
-    if args.n_per_class < 1:
-        raise InputError(f"--n-per-class must be positive, got {args.n_per_class}")
     device = resolve_device(args.device)
     ckpt = load_checkpoint(args.checkpoint, device=device)
-    session = _Session(args, ckpt, device)
+    session = _session(args, ckpt, device)
 
     if args.report:
-        report = _report(session)
+        report = _report(session, [args.metric] if args.metric else Metric.choices())
         out = Path(args.output) if args.output else ckpt.directory / "detect-report.json"
         atomic_write_json(out, report)
         if args.json_stdout:
@@ -388,8 +292,8 @@ def run(args) -> int:
     info = DATASETS[ckpt.config.dataset]
     x = load_input(args.input, in_channels=info.in_channels, image_size=info.image_size, dataset=info.name,
                    pixel_scale=args.pixel_scale)
-    name = args.metric or "kd"
-    detector = session.detector(name)
+    name = args.metric or Metric.KD
+    detector = _detector(session, name)
     # SelectiveClassifier's rule (accept when score > threshold_), keeping the class of rejected inputs too.
     out = collect_outputs(ckpt.model, x, batch_size=args.batch_size, device=device)
     with torch.no_grad():

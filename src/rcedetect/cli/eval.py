@@ -18,7 +18,9 @@ def register(subparsers) -> None:
 
 
 def print_row(checkpoint_dir) -> None:
-    meta = json.loads((Path(checkpoint_dir) / "model.json").read_text())
+    from ..checkpoints import SIDECAR_FILE
+
+    meta = json.loads((Path(checkpoint_dir) / SIDECAR_FILE).read_text())
     c, m = meta["config"], meta["metrics"]
     print(f"ResNet-{c['depth']} + {c['objective'].upper()} on {c['dataset']}: test error {100 * m['test_error']:.2f} % "
           f"({c['steps']} steps, {m['train_seconds']:.0f} s on {m['device']})  -> {checkpoint_dir}")
@@ -26,9 +28,10 @@ def print_row(checkpoint_dir) -> None:
 
 def run(args) -> int:
     from .. import __version__
-    from ..checkpoints import atomic_write_json, load_checkpoint
+    from ..checkpoints import load_checkpoint
     from ..data import load_dataset
     from ..devices import resolve_device
+    from ..files import atomic_write_json
     from ..inference import accuracy
 
     device = resolve_device(args.device)

@@ -3,10 +3,8 @@
 import argparse
 import time
 
+from ..names import Dataset, Preset
 from ._common import add_data_dir_argument, add_device_argument
-
-DATASET_CHOICES = ("mnist", "cifar10")
-PRESET_CHOICES = ("quick", "paper", "toy")
 
 
 def add_reproduce_arguments(parser, *, out_default=None) -> None:
@@ -30,8 +28,8 @@ def register(subparsers) -> None:
         description="Train (or reuse) the models, run every attack and detector of the paper, store each "
                     "result as RUN/cells/<name>.json and render RUN/report.md / report.html. Cells already "
                     "computed with the same settings are skipped: a killed run continues where it stopped.")
-    parser.add_argument("--dataset", choices=DATASET_CHOICES, required=True)
-    parser.add_argument("--preset", choices=PRESET_CHOICES, default="quick",
+    parser.add_argument("--dataset", choices=Dataset.choices(), required=True)
+    parser.add_argument("--preset", choices=Preset.choices(), default=Preset.QUICK.value,
                         help="quick: minutes on a CPU (MNIST <= 20 min); paper: the paper's settings (GPU); "
                              "toy: a one-minute smoke test (default: quick)")
     add_reproduce_arguments(parser)

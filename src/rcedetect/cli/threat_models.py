@@ -15,17 +15,17 @@ run keeps what it finished. Definitions: `rcedetect.evaluation.threat_models`.
 """
 
 import json
-import time
 from pathlib import Path
 
-from ..errors import InputError
-from ._common import add_data_dir_argument, add_device_argument
-from ._threat_models import add_detector_arguments, check_detector_options, detector_for, heldout_test_index
-
-TABLES = ("table3", "table2", "table4", "adaptive")
+from ..names import Metric, Norm, PGDMethod
+from ._common import add_data_dir_argument, add_device_argument, print_notes
+from ._threat_models import add_detector_arguments, detector_settings
 
 
 def register(subparsers) -> None:
+    from ..attacks.cw_wb import L2_REFERENCES
+    from ..evaluation.threat_models import THREAT_MODEL_TABLES
+
     parser = subparsers.add_parser(
         "threat-models", help="white-box (Table 3 / appendix Table 2), black-box (Table 4) and adaptive evaluations",
         description="C&W-wb against the K-density detector (Table 3, kappa 0; appendix Table 2, kappa 5), its "
@@ -35,7 +35,7 @@ def register(subparsers) -> None:
                         help="models of Table 3 / Table 2 / the adaptive curve, and Table 4's substitutes")
     parser.add_argument("--targets", nargs="+", default=[], metavar="CHECKPOINT",
                         help="Table 4 target models (ResNet-56 in the paper), each judged by its own K-density")
-    parser.add_argument("--tables", nargs="+", choices=TABLES, default=None,
+    parser.add_argument("--tables", nargs="+", choices=THREAT_MODEL_TABLES, default=None,
                         help="sections to compute (default: table3 table2 adaptive, plus table4 with --targets)")
     parser.add_argument("--output", default=None, help="JSON file (default: CHECKPOINT/threat-models.json)")
     parser.add_argument("--n", type=int, default=100, help="clean test images attacked (default 100)")
@@ -53,42 +53,23 @@ def register(subparsers) -> None:
     cw.add_argument("--lr", type=float, default=1e-2)
     cw.add_argument("--initial-const", type=float, default=1.0)
     cw.add_argument("--attack-bank-size", type=int, default=100)
-    cw.add_argument("--l2-from", choices=("clean", "phase1"), default="clean")
+    cw.add_argument("--l2-from", choices=L2_REFERENCES, default="clean")
     cw.add_argument("--no-abort-early", dest="abort_early", action="store_false")
     pgd = parser.add_argument_group("adaptive PGD (beyond the paper)")
     pgd.add_argument("--eps", type=float, nargs="+", default=[0.0, 0.1, 0.2, 0.3],
                      help="radii in [0, 1] pixel units (default: 0 0.1 0.2 0.3)")
-    pgd.add_argument("--norm", choices=("linf", "l2"), default="linf")
-    pgd.add_argument("--metrics", nargs="+", choices=("confidence", "non-me", "kd"),
-                     default=["confidence", "non-me", "kd"])
+    pgd.add_argument("--norm", choices=(Norm.LINF.value, Norm.L2.value), default=Norm.LINF.value)
+    pgd.add_argument("--metrics", nargs="+", choices=Metric.choices(), default=list(Metric.choices()))
     pgd.add_argument("--pgd-steps", type=int, default=100)
     pgd.add_argument("--restarts", type=int, default=1)
-    pgd.add_argument("--methods", nargs="+", choices=("logit", "selective", "orthogonal"),
-                     default=["logit", "selective", "orthogonal"],
+    pgd.add_argument("--methods", nargs="+", choices=PGDMethod.choices(), default=list(PGDMethod.choices()),
                      help="update rules; an input counts as broken when any of them breaks it")
     add_detector_arguments(parser)
+    parser.add_argument("--json", dest="json_stdout", action="store_true", help="also print the report as JSON")
     parser.add_argument("--no-progress", dest="progress", action="store_false")
     add_device_argument(parser)
     add_data_dir_argument(parser)
     parser.set_defaults(func=run)
-
-
-def _label(loaded, used) -> str:
-    base = f"{loaded.config.dataset}-resnet{loaded.config.depth}-{loaded.config.objective}"
-    label, i = base, 2
-    while label in used:
-        label, i = f"{base}-{i}", i + 1
-    used.add(label)
-    return label
-
-
-def _check(args) -> None:
-    check_detector_options(args)
-    for name in ("n", "batch_size", "binary_search_steps", "max_iters", "pgd_steps", "restarts", "attack_bank_size"):
-        if getattr(args, name) < 1:
-            raise InputError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    if any(e < 0 for e in args.eps):
-        raise InputError(f"--eps values must be >= 0, got {args.eps}")
 
 
 def _cw_settings(args) -> dict:
@@ -99,100 +80,51 @@ def _cw_settings(args) -> dict:
 
 
 def run(args) -> int:
-    import torch
-
-    from .. import __version__
-    from ..checkpoints import atomic_write_json, load_checkpoint
-    from ..data import load_dataset
     from ..devices import resolve_device
-    from ..evaluation.threat_models import adaptive_curve, transfer_table, white_box_row
+    from ..evaluation.threat_models import threat_model_report
+    from ..files import atomic_write_json
 
-    _check(args)
-    tables = args.tables or (["table3", "table2", "adaptive"] + (["table4"] if args.targets else []))
-    if "table4" in tables and not args.targets:
-        raise InputError("--tables table4 needs --targets CHECKPOINT [...] "
-                         "(the attacked models, ResNet-56 in the paper)")
-    device = resolve_device(args.device)
-    used = set()
-    models = [(path, load_checkpoint(path, device=device)) for path in args.checkpoints]
-    labels = {path: _label(loaded, used) for path, loaded in models}
-    targets = [(path, load_checkpoint(path, device=device)) for path in args.targets]
-    target_labels = {path: _label(loaded, used) for path, loaded in targets}
-    datasets = {loaded.config.dataset for _, loaded in models + targets}
-    if len(datasets) != 1:
-        raise InputError(f"all checkpoints must be of one dataset, got {', '.join(sorted(datasets))}")
-    data = load_dataset(datasets.pop(), "test", args.data_dir)
-    start = args.calibration_size if args.start is None else args.start
-    index = heldout_test_index(models[0][1], args, args.n, start)
-    x, y = data.float_images(index).to(device), data.labels[index].to(device)
-    output = Path(args.output) if args.output else models[0][1].directory / "threat-models.json"
-    report = {
-        "rcedetect_version": __version__, "torch_version": torch.__version__, "device": str(device),
-        "images": {"split": "test", "permutation_seed": args.split_seed, "start": start, "n": args.n,
-                   "index": [int(i) for i in index]},
-        "seed": args.seed,
-        "detectors": {"fpr": args.fpr, "n_per_class": args.n_per_class, "calibration_size": args.calibration_size,
-                      "permutation_seed": args.split_seed},
-        "cw_wb_settings": _cw_settings(args),
-        "adaptive_settings": {"eps": args.eps, "norm": args.norm, "steps": args.pgd_steps,
-                              "restarts": args.restarts, "methods": args.methods, "metrics": args.metrics},
-        "checkpoints": {labels[p]: str(m.directory) for p, m in models},
-        "targets": {target_labels[p]: str(m.directory) for p, m in targets},
-    }
-
-    def save():
-        atomic_write_json(output, report)
-
-    settings = _cw_settings(args)
-    table3_examples = {}  # kappa-0 C&W-wb examples, reused as Table 4's (same images, seed and settings)
-    for table, kappa in (("table3", 0.0), ("table2", 5.0)):
-        if table not in tables:
+    updates = threat_model_report(
+        args.checkpoints, targets=args.targets, tables=args.tables, n=args.n, start=args.start, seed=args.seed,
+        batch_size=args.batch_size, cw_settings=_cw_settings(args), eps_values=args.eps, norm=args.norm,
+        metrics=args.metrics, pgd_steps=args.pgd_steps, restarts=args.restarts, methods=args.methods,
+        detector_settings=detector_settings(args), device=resolve_device(args.device))
+    output = None if args.output is None else Path(args.output)
+    report = None
+    for update in updates:
+        report = update.report
+        if output is None:  # default: beside the first checkpoint (the loaded folder, as the report names it)
+            output = Path(next(iter(report["checkpoints"].values()))) / "threat-models.json"
+        if update.section == "note":
+            print_notes([update.value])
             continue
-        report[table] = {}
-        for path, loaded in models:
-            kd = detector_for(loaded, "kd", args, device)
-            t0 = time.perf_counter()
-            row, result = white_box_row(loaded.model, kd, x, y, kappa=kappa, seed=args.seed,
-                                        batch_size=args.batch_size, return_result=True, **settings)
-            if kappa == 0.0:
-                table3_examples[labels[path]] = result
-            row["objective"], row["depth"] = loaded.config.objective, loaded.config.depth
-            report[table][labels[path]] = row
-            save()
-            _print_white_box(table, labels[path], row, time.perf_counter() - t0)
-    if "table4" in tables:
-        substitutes = {labels[p]: (m.model, detector_for(m, "kd", args, device)) for p, m in models}
-        judged = {target_labels[p]: (m.model, detector_for(m, "kd", args, device)) for p, m in targets}
-        report["table4"] = transfer_table(substitutes, judged, x, y, kappa=0.0, seed=args.seed,
-                                           batch_size=args.batch_size, precomputed=table3_examples, **settings)
-        save()
-        for sub, row in report["table4"]["pairs"].items():
+        atomic_write_json(output, report)  # after each entry, so a long run keeps what it finished
+        _print_update(update)
+    atomic_write_json(output, report)
+    print(f"-> {output}")
+    if args.json_stdout:
+        print(json.dumps(report, indent=2))
+    return 0
+
+
+def _print_update(update) -> None:
+    if update.section in ("table3", "table2"):
+        _print_white_box(update.section, update.label, update.value, update.seconds)
+    elif update.section == "table4":
+        for sub, row in update.value["pairs"].items():
             for tgt, cell in row.items():
                 rate, auc = cell["transfer_rate_percent"], cell["auc"]
                 print(f"table4 {sub} -> {tgt}: fed {cell['n_fed']}, transfer "
                       f"{'n/a' if rate is None else f'{rate:.1f} %'}, AUC {'n/a' if auc is None else f'{auc:.3f}'} "
                       f"(n={cell['n_counted']})")
-    if "adaptive" in tables:
-        report["adaptive"] = {}
-        for path, loaded in models:
-            detectors = {m: detector_for(loaded, m, args, device) for m in args.metrics}
-            curve = adaptive_curve(loaded.model, detectors, x, y, eps_values=args.eps, norm=args.norm,
-                                   steps=args.pgd_steps, restarts=args.restarts, methods=tuple(args.methods),
-                                   seed=args.seed)
-            curve["objective"], curve["depth"] = loaded.config.objective, loaded.config.depth
-            report["adaptive"][labels[path]] = curve
-            save()
-            eps = " ".join(f"{e:g}" for e in curve["eps"])
-            print(f"adaptive {labels[path]} ({args.norm}, eps {eps}): robust accuracy with rejection")
-            for metric, c in curve["curves"].items():
-                print(f"  {metric:<11}" + " ".join(f"{v:6.1%}" for v in c["robust_accuracy_with_rejection"]))
-            if "undefended" in curve:
-                print(f"  {'undefended':<11}" + " ".join(f"{v:6.1%}" for v in curve["undefended"]["robust_accuracy"]))
-    save()
-    print(f"-> {output}")
-    if getattr(args, "json_stdout", False):
-        print(json.dumps(report, indent=2))
-    return 0
+    else:
+        curve = update.value
+        eps = " ".join(f"{e:g}" for e in curve["eps"])
+        print(f"adaptive {update.label} ({curve['norm']}, eps {eps}): robust accuracy with rejection")
+        for metric, c in curve["curves"].items():
+            print(f"  {metric:<11}" + " ".join(f"{v:6.1%}" for v in c["robust_accuracy_with_rejection"]))
+        if "undefended" in curve:
+            print(f"  {'undefended':<11}" + " ".join(f"{v:6.1%}" for v in curve["undefended"]["robust_accuracy"]))
 
 
 def _print_white_box(table, label, row, seconds) -> None:

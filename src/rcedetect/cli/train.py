@@ -1,18 +1,18 @@
 """`rcedetect train`: train a CE or RCE ResNet with the paper's schedule or the quick CPU preset."""
 
 from ..config import PRESETS, preset_config
-from ..data import DATASETS
+from ..names import Dataset, Objective
 from ._common import add_data_dir_argument, add_device_argument
 
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser("train", help="train a ResNet with CE or RCE",
                                    description="Train a pre-activation ResNet with cross-entropy or reverse cross-entropy.")
-    parser.add_argument("--dataset", choices=sorted(DATASETS), required=True)
-    parser.add_argument("--objective", choices=("ce", "rce"), required=True)
+    parser.add_argument("--dataset", choices=Dataset.choices(), required=True)
+    parser.add_argument("--objective", choices=Objective.choices(), required=True)
     parser.add_argument("--depth", type=int, default=32,
                         help="ResNet depth 6n+2: 32 or 56 in the paper (small depths such as 8 are for tests)")
-    parser.add_argument("--preset", choices=PRESETS, default="quick",
+    parser.add_argument("--preset", choices=[str(p) for p in PRESETS], default=str(PRESETS[0]),
                         help="quick: minutes on a 2-core CPU; paper: appendix B.1 (20k MNIST / 90k CIFAR-10 steps)")
     parser.add_argument("--steps", type=int, default=None, help="override the preset's number of steps")
     parser.add_argument("--seed", type=int, default=0)

@@ -10,6 +10,8 @@
 Metric functions (`confidence`, `non_me`, `KernelDensity.log_density`) are batched and differentiable.
 """
 
+from ..errors import check_keywords
+from ..names import Metric, Objective
 from .kernel_density import DEFAULT_BANDWIDTH_SQ, KernelDensity, default_bandwidth_sq, select_bandwidth
 from .metrics import ConfidenceMetric, NonMEMetric, confidence, confidence_log_odds, max_non_me, non_me
 from .persistence import detector_paths, load_detector, save_detector
@@ -17,24 +19,25 @@ from .selective import NOT_SURE, SelectiveClassifier, collect_outputs
 from .threshold import ThresholdDetector, threshold_at_fpr
 
 
-def _confidence_metric(objective=None, **kwargs):
-    return ConfidenceMetric()
+def _stateless(cls):
+    def factory(objective=None, **settings):
+        check_keywords(cls, settings, f"metric {cls.name}")  # takes no settings: any is refused
+        return cls()
+    factory.__doc__ = f"A `{cls.__name__}` (the objective does not matter for it; it takes no settings)."
+    return factory
 
 
-def _non_me_metric(objective=None, **kwargs):
-    return NonMEMetric()
+def _kd_metric(objective=Objective.CE, **settings):
+    """`KernelDensity.for_objective(objective, **settings)`: bandwidth_sq, n_per_class, seed, chunk_size."""
+    return KernelDensity.for_objective(objective, **settings)
 
 
-def _kd_metric(objective="ce", bandwidth_sq=None, **kwargs):
-    return KernelDensity(default_bandwidth_sq(objective) if bandwidth_sq is None else bandwidth_sq, **kwargs)
-
-
-# CLI name -> factory(objective, **metric kwargs) -> metric object for `ThresholdDetector`.
-# The objective ('ce' / 'rce') only matters for K-density's default bandwidth.
+# Metric -> factory(objective, **metric settings) -> metric object for `ThresholdDetector`. The
+# objective ('ce' / 'rce') only matters for K-density's default bandwidth; unknown settings are refused.
 METRICS = {
-    "confidence": _confidence_metric,
-    "non-me": _non_me_metric,
-    "kd": _kd_metric,
+    Metric.CONFIDENCE: _stateless(ConfidenceMetric),
+    Metric.NON_ME: _stateless(NonMEMetric),
+    Metric.KD: _kd_metric,
 }
 
 __all__ = [

@@ -24,19 +24,21 @@ import math
 import numpy as np
 import torch
 
-from ..errors import InputError
+from ..errors import InputError, check_keywords
 from ..models import ModelOutput
+from ..names import Metric, Objective
 
-DEFAULT_BANDWIDTH_SQ = {"ce": 1.0 / 0.26, "rce": 0.1 / 0.26}
+DEFAULT_CHUNK_SIZE = 1 << 17  # elements of one (queries x bank) distance block
+DEFAULT_BANDWIDTH_SQ = {Objective.CE: 1.0 / 0.26, Objective.RCE: 0.1 / 0.26}
 
 
-def default_bandwidth_sq(objective: str) -> float:
+def default_bandwidth_sq(objective) -> float:
     """σ² of the authors' code: 1/0.26 for CE models, 0.1/0.26 for RCE models."""
     try:
-        return DEFAULT_BANDWIDTH_SQ[objective]
-    except KeyError:
+        return DEFAULT_BANDWIDTH_SQ[Objective(objective)]
+    except ValueError:
         raise InputError(f"no default K-density bandwidth for objective {objective!r}: "
-                         f"choose one of {', '.join(DEFAULT_BANDWIDTH_SQ)} or pass bandwidth_sq") from None
+                         f"choose one of {', '.join(Objective.choices())} or pass bandwidth_sq") from None
 
 
 def _features(model_output) -> torch.Tensor:
@@ -64,10 +66,10 @@ class KernelDensity:
     its own kernel exp(0) = 1, so use held-out data for thresholds.
     """
 
-    name = "kd"
+    name = Metric.KD
     requires_fit = True
 
-    def __init__(self, bandwidth_sq: float, *, n_per_class=1000, seed: int = 0, chunk_size: int = 1 << 17):
+    def __init__(self, bandwidth_sq: float, *, n_per_class=1000, seed: int = 0, chunk_size: int = DEFAULT_CHUNK_SIZE):
         if not bandwidth_sq > 0:
             raise InputError(f"bandwidth_sq must be positive, got {bandwidth_sq}")
         if n_per_class is not None and n_per_class < 1:
@@ -79,9 +81,11 @@ class KernelDensity:
         self._cache = {}
 
     @classmethod
-    def for_objective(cls, objective: str, **kwargs) -> "KernelDensity":
-        """A K-density with the paper's bandwidth for a model trained with `objective` ('ce' / 'rce')."""
-        return cls(default_bandwidth_sq(objective), **kwargs)
+    def for_objective(cls, objective, *, bandwidth_sq=None, **kwargs) -> "KernelDensity":
+        """A K-density for a model trained with `objective` ('ce' / 'rce'): the paper's bandwidth unless
+        `bandwidth_sq` is given; other keyword arguments are `KernelDensity`'s (unknown ones refused)."""
+        check_keywords(cls.__init__, kwargs, "KernelDensity", also=("bandwidth_sq",))
+        return cls(default_bandwidth_sq(objective) if bandwidth_sq is None else bandwidth_sq, **kwargs)
 
     # ----------------------------------------------------------------------------------- fitting
     def subset_indices(self, y, num_classes=None) -> torch.Tensor:
@@ -131,6 +135,27 @@ class KernelDensity:
     def num_classes(self) -> int:
         self._check_fitted()
         return int(self.bank_counts_.numel())
+
+    def class_slices(self) -> list:
+        """The rows of each class in `bank_` (which is sorted by class), as one slice per class."""
+        self._check_fitted()
+        stops = torch.cumsum(self.bank_counts_, 0).tolist()
+        return [slice(a, b) for a, b in zip([0] + stops[:-1], stops)]
+
+    def subset(self, rows, **params) -> "KernelDensity":
+        """A fitted K-density over the bank rows `rows` (sorted indices into `bank_`, so classes stay
+        grouped), with this one's σ²; `params` override `n_per_class`, `seed`, `chunk_size`."""
+        self._check_fitted()
+        check_keywords(KernelDensity.__init__, params, "KernelDensity.subset")
+        rows = torch.as_tensor(rows).long().cpu()
+        labels = torch.repeat_interleave(torch.arange(self.num_classes), self.bank_counts_)[rows]
+        if rows.dim() != 1 or (rows.numel() > 1 and bool((labels[1:] < labels[:-1]).any())):
+            raise InputError("subset rows must be a 1-D tensor of bank indices sorted by class")
+        settings = {"n_per_class": self.n_per_class, "seed": self.seed, "chunk_size": self.chunk_size, **params}
+        sub = KernelDensity(self.bandwidth_sq, **settings)
+        sub.bank_ = self.bank_.detach()[rows.to(self.bank_.device)].clone()
+        sub.bank_counts_ = torch.bincount(labels, minlength=self.num_classes)
+        return sub
 
     def to(self, device) -> "KernelDensity":
         """Move the bank to `device` (scoring also moves it on the fly, this avoids repeating it)."""

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 from ..errors import InputError
 from ..models import ModelOutput
+from ..names import Metric
 
 
 def _logits(model_output) -> torch.Tensor:
@@ -97,21 +98,16 @@ class _StatelessMetric:
 class ConfidenceMetric(_StatelessMetric):
     """Detector score for the confidence metric: `confidence_log_odds` (same ranking as F(x)_ŷ)."""
 
-    name = "confidence"
+    name = Metric.CONFIDENCE
 
     def score(self, model_output) -> torch.Tensor:
         return confidence_log_odds(model_output)
-
-    @staticmethod
-    def to_confidence(score: torch.Tensor) -> torch.Tensor:
-        """Map a score (log-odds) back to the confidence F(x)_ŷ in (0, 1]."""
-        return torch.sigmoid(score)
 
 
 class NonMEMetric(_StatelessMetric):
     """Detector score for the non-ME metric (Eq. 1): `non_me`."""
 
-    name = "non-me"
+    name = Metric.NON_ME
 
     def score(self, model_output) -> torch.Tensor:
         return non_me(model_output)

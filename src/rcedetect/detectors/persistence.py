@@ -8,14 +8,14 @@ Both files are written atomically (temp file + rename), JSON last, so a reader n
 half-written detector: the JSON names the safetensors file's sha256.
 """
 
-import hashlib
 import json
 from pathlib import Path
 
 from .. import __version__
-from ..checkpoints import atomic_save_tensors, atomic_write_json, read_tensors
 from ..errors import CheckpointError
+from ..files import atomic_save_tensors, atomic_write_json, read_tensors, sha256_file
 from .kernel_density import KernelDensity
+from ..names import Metric
 from .metrics import ConfidenceMetric, NonMEMetric
 from .threshold import ThresholdDetector
 
@@ -25,12 +25,8 @@ METRIC_TYPES = {cls.name: cls for cls in (ConfidenceMetric, NonMEMetric, KernelD
 
 def detector_paths(directory, metric_name: str):
     """(json path, safetensors path) of the detector for `metric_name` in `directory`."""
-    directory = Path(directory)
-    return directory / f"detector-{metric_name}.json", directory / f"detector-{metric_name}.safetensors"
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    directory, metric = Path(directory), Metric.coerce(metric_name, "metric")
+    return directory / f"detector-{metric}.json", directory / f"detector-{metric}.safetensors"
 
 
 def save_detector(detector: ThresholdDetector, directory, *, metadata=None):
@@ -39,20 +35,21 @@ def save_detector(detector: ThresholdDetector, directory, *, metadata=None):
     Returns the (json, safetensors) paths.
     """
     detector._check_fitted()
-    json_path, tensor_path = detector_paths(directory, detector.metric.name)
-    tensors = {f"metric.{k}": v for k, v in detector.metric.state_tensors().items()}
+    metric = detector.metric_
+    json_path, tensor_path = detector_paths(directory, metric.name)
+    tensors = {f"metric.{k}": v for k, v in metric.state_tensors().items()}
     if detector.calibration_scores_ is not None:
         tensors["calibration_scores"] = detector.calibration_scores_
-    atomic_save_tensors(tensor_path, tensors, {"format": FORMAT, "metric": detector.metric.name})
+    atomic_save_tensors(tensor_path, tensors, {"format": FORMAT, "metric": metric.name})
     atomic_write_json(json_path, {
         "format": FORMAT,
         "rcedetect_version": __version__,
-        "metric": detector.metric.name,
-        "metric_params": detector.metric.params(),
+        "metric": metric.name,
+        "metric_params": metric.params(),
         "fpr": detector.fpr_,
         "threshold": detector.threshold_,
         "explicit_threshold": detector.threshold,
-        "tensors_sha256": _sha256(tensor_path),
+        "tensors_sha256": sha256_file(tensor_path),
         "metadata": dict(metadata or {}),
     })
     return json_path, tensor_path
@@ -64,17 +61,18 @@ def load_detector(directory, metric_name: str):
     Raises `CheckpointError` (with the fix: refit) when the files are missing, from another
     format, or do not match each other.
     """
+    metric_name = Metric.coerce(metric_name, "metric")
     json_path, tensor_path = detector_paths(directory, metric_name)
     if not json_path.exists() or not tensor_path.exists():
-        raise CheckpointError(f"no saved {metric_name!r} detector in {directory}: "
+        raise CheckpointError(f"no saved '{metric_name}' detector in {directory}: "
                               f"fit one (rcedetect detect fits on first use)")
     try:
         info = json.loads(json_path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise CheckpointError(f"{json_path} is not valid JSON ({exc}): delete it or refit with --refit") from exc
     if info.get("format") != FORMAT or info.get("metric") != metric_name or metric_name not in METRIC_TYPES:
-        raise CheckpointError(f"{json_path} is not a {metric_name!r} detector of format {FORMAT}: refit with --refit")
-    if info.get("tensors_sha256") != _sha256(tensor_path):
+        raise CheckpointError(f"{json_path} is not a '{metric_name}' detector of format {FORMAT}: refit with --refit")
+    if info.get("tensors_sha256") != sha256_file(tensor_path):
         raise CheckpointError(f"{tensor_path} does not match {json_path.name} (a partial or foreign write): "
                               f"refit with --refit")
     tensors, _ = read_tensors(tensor_path)
@@ -83,6 +81,7 @@ def load_detector(directory, metric_name: str):
         metric = METRIC_TYPES[metric_name].from_state(info["metric_params"], metric_tensors)
         detector = ThresholdDetector(metric, fpr=info["fpr"] if info["fpr"] is not None else 0.05,
                                      threshold=info["explicit_threshold"])
+        detector.metric_ = metric
         detector.threshold_ = float(info["threshold"])
         detector.fpr_ = info["fpr"]
         detector.calibration_scores_ = tensors.get("calibration_scores")

@@ -7,6 +7,7 @@
 import torch
 
 from ..errors import InputError
+from ..inference import batched_outputs, eval_mode
 from ..models import ModelOutput
 
 NOT_SURE = -1
@@ -18,8 +19,6 @@ def collect_outputs(model, images, *, batch_size: int = 500, device=None) -> Mod
     `images`: (N, C, H, W) uint8 in [0, 255] or float in [0, 1]. Returns a `ModelOutput` on the CPU
     (float32). The model's train/eval mode is restored afterwards.
     """
-    from ..inference import batched_outputs
-
     return batched_outputs(model, images, batch_size=batch_size, device=device)
 
 
@@ -44,10 +43,8 @@ class SelectiveClassifier:
         if not hasattr(self.detector, "threshold_"):
             raise InputError("the detector is not fitted: call detector.fit(...) before predicting")
         device = next(self.model.parameters()).device
-        was_training = self.model.training
-        self.model.eval()
         labels, scores = [], []
-        try:
+        with eval_mode(self.model):
             with torch.no_grad():
                 for start in range(0, x.shape[0], self.batch_size):
                     out = self.model.forward_features(x[start:start + self.batch_size].to(device))
@@ -55,8 +52,6 @@ class SelectiveClassifier:
                     accepted = score > self.detector.threshold_  # the same rule as detector.accept
                     labels.append(torch.where(accepted, out.logits.argmax(dim=1), NOT_SURE))
                     scores.append(score)
-        finally:
-            self.model.train(was_training)
         if not labels:
             return torch.zeros(0, dtype=torch.long, device=x.device), torch.zeros(0, device=x.device)
         return torch.cat(labels).to(x.device), torch.cat(scores).to(x.device)

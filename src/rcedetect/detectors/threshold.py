@@ -9,6 +9,8 @@ scikit-learn conventions on torch tensors (no sklearn base class: we need autogr
 `decision_function = score_samples - threshold_`, `predict` returns +1 (accept) / -1 (reject).
 """
 
+import copy
+
 import numpy as np
 import torch
 
@@ -45,12 +47,16 @@ class ThresholdDetector:
 
     Args:
         metric: a metric object (`ConfidenceMetric()`, `NonMEMetric()`, `KernelDensity(...)`, see
-            `METRICS`) with `score(model_output) -> (N,)`; metrics with `requires_fit` are fitted in `fit`.
+            `METRICS`) with `score(model_output) -> (N,)`. `fit` fits a deep copy of it (`metric_`)
+            when it has `requires_fit`, so the object passed in is never changed; `calibrate` alone
+            uses it as given (`metric_ is metric`: pass an already fitted K-density).
         fpr: target false-positive rate (clean inputs rejected) used to set the threshold. Default 0.05.
         threshold: an explicit threshold instead of one set from `fpr`.
 
-    Fitted state: `threshold_` (float), `fpr_` (the target used, or None when `threshold` was given),
-    `calibration_scores_` (1-D CPU tensor of the clean scores the threshold came from, or None).
+    Fitted state: `metric_` (the metric that scores), `threshold_` (float), `fpr_` (the operating
+    point the threshold was set at, or None when `threshold` was given), `calibration_scores_` (1-D
+    CPU tensor of the clean scores the threshold came from, or None). Constructor parameters are
+    never changed by `fit`, `calibrate` or `recalibrate`.
     """
 
     def __init__(self, metric, *, fpr: float = 0.05, threshold=None):
@@ -60,17 +66,35 @@ class ThresholdDetector:
         self.fpr = fpr
         self.threshold = threshold
 
+    # ------------------------------------------------------------------ scikit-learn parameters
+    def get_params(self, deep: bool = True) -> dict:
+        """The constructor parameters (scikit-learn's `get_params`)."""
+        return {"metric": self.metric, "fpr": self.fpr, "threshold": self.threshold}
+
+    def set_params(self, **params) -> "ThresholdDetector":
+        """Set constructor parameters (scikit-learn's `set_params`); unknown names are refused."""
+        unknown = sorted(set(params) - set(self.get_params()))
+        if unknown:
+            raise InputError(f"ThresholdDetector has no parameter(s) {', '.join(unknown)}: "
+                             f"choose from {', '.join(self.get_params())}")
+        merged = {**self.get_params(), **params}
+        self.__init__(merged.pop("metric"), **merged)
+        return self
+
+    # ------------------------------------------------------------------------------- fitting
     def fit(self, model_output=None, y=None, *, calibration=None) -> "ThresholdDetector":
-        """Fit the metric (if it needs it) on `model_output`, `y`, then set `threshold_`.
+        """Fit a copy of the metric (if it needs fitting) on `model_output`, `y`, then set `threshold_`.
 
         The threshold comes from the clean held-out `calibration` outputs at `fpr` when given, else
         from `model_output` itself (fine for the stateless metrics; for K-density pass held-out
         `calibration` data: its training bank scores its own points too high).
         """
-        if getattr(self.metric, "requires_fit", False):
+        metric = copy.deepcopy(self.metric)
+        if getattr(metric, "requires_fit", False):
             if model_output is None or y is None:
-                raise InputError(f"metric {self.metric.name!r} must be fitted: call fit(train_output, train_labels)")
-            self.metric.fit(model_output, y)
+                raise InputError(f"metric {metric.name!r} must be fitted: call fit(train_output, train_labels)")
+            metric.fit(model_output, y)
+        self.metric_ = metric
         if self.threshold is not None:
             self.threshold_, self.fpr_, self.calibration_scores_ = float(self.threshold), None, None
             return self
@@ -80,17 +104,22 @@ class ThresholdDetector:
         return self.calibrate(clean)
 
     def calibrate(self, clean_output, *, fpr=None) -> "ThresholdDetector":
-        """Set `threshold_` from clean held-out outputs at `fpr` (default: `self.fpr`), keeping the metric."""
+        """Set `threshold_` from clean held-out outputs at `fpr` (default: the constructor's `fpr`).
+
+        Scores with `metric_` when fitted, else with `metric` as given (which then becomes `metric_`).
+        """
+        if not hasattr(self, "metric_"):
+            self.metric_ = self.metric
         with torch.no_grad():
             scores = self.score_samples(clean_output).detach().cpu()
         self.calibration_scores_ = scores
         return self.recalibrate(self.fpr if fpr is None else fpr)
 
     def recalibrate(self, fpr: float) -> "ThresholdDetector":
-        """Move the threshold to another target `fpr` using the stored calibration scores."""
+        """Move the operating point (`threshold_`, `fpr_`) to another target `fpr` using the stored
+        calibration scores; the constructor's `fpr` stays as it was. Returns self."""
         if getattr(self, "calibration_scores_", None) is None:
             raise InputError("no stored calibration scores: call fit(..., calibration=clean_output) first")
-        self.fpr = fpr
         self.threshold_ = threshold_at_fpr(self.calibration_scores_, fpr)
         self.fpr_ = fpr
         return self
@@ -99,9 +128,10 @@ class ThresholdDetector:
         if not hasattr(self, "threshold_"):
             raise InputError("this detector is not fitted: call fit(...) first")
 
+    # ------------------------------------------------------------------------------- scoring
     def score_samples(self, model_output) -> torch.Tensor:
         """Metric values, shape (N,), higher = more normal; differentiable."""
-        return self.metric.score(model_output)
+        return getattr(self, "metric_", self.metric).score(model_output)
 
     def decision_function(self, model_output) -> torch.Tensor:
         """score_samples - threshold_: positive = accepted as normal."""

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import numpy as np
 
-COLORS = {"ce": "#d62728", "rce": "#1f77b4"}
-LABELS = {"ce": "CE", "rce": "RCE"}
-ATTACK_NAMES = {"fgsm": "FGSM", "bim": "BIM", "ilcm": "ILCM", "jsma": "JSMA", "cw": "C&W", "cw-hc": "C&W-hc",
-                "cw-wb": "C&W-wb"}
-METRIC_NAMES = {"confidence": "Confidence", "non-me": "non-ME", "kd": "K-density"}
-OBJECTIVES = ("ce", "rce")
+from ..names import Metric, Objective
+from . import paper_values as paper
+from . import schema
+from .schema import FIG3_ATTACKS, OBJECTIVES, TABLE2_ATTACKS
+
+COLORS = {Objective.CE: "#d62728", Objective.RCE: "#1f77b4"}
 
 
 def _plt():
@@ -39,14 +39,14 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def _depth(records, objective="ce"):
+def _depth(records, objective=Objective.CE):
     """Depth of the main (attacked) model: the smaller of the trained depths."""
-    depths = [r["result"]["depth"] for name, r in records.items() if name.startswith("train.")]
+    depths = [r["result"]["depth"] for name, r in records.items() if schema.kind(name) == schema.TRAIN]
     return min(depths) if depths else 32
 
 
 def figure1_tsne(records, out: Path):
-    results = [_result(records, f"tsne.{o}") for o in OBJECTIVES]
+    results = [_result(records, schema.tsne_cell(o)) for o in OBJECTIVES]
     if any(r is None for r in results):
         return None
     plt = _plt()
@@ -55,7 +55,7 @@ def figure1_tsne(records, out: Path):
     for ax, obj, res in zip(axes, OBJECTIVES, results):
         labels = np.asarray(res["labels"])
         ax.scatter(res["x"], res["y"], c=[cmap(int(l)) for l in labels], s=4, linewidths=0)
-        ax.set_title(f"ResNet-{_depth(records, obj)} ({LABELS[obj]}): t-SNE of {res['n']} test features")
+        ax.set_title(f"ResNet-{_depth(records, obj)} ({obj.display}): t-SNE of {res['n']} test features")
         ax.set_xticks([])
         ax.set_yticks([])
     handles = [plt.Line2D([], [], marker="o", ls="", color=cmap(i), label=str(i)) for i in range(10)]
@@ -64,21 +64,20 @@ def figure1_tsne(records, out: Path):
 
 
 def figure3_accuracy(records, out: Path):
-    attacks = [a for a in ("fgsm", "bim", "ilcm", "jsma")
-               if all(_result(records, f"fig3.{a}.{o}") is not None for o in OBJECTIVES)]
+    attacks = [a for a in FIG3_ATTACKS if all(_result(records, schema.fig3_cell(a, o)) is not None for o in OBJECTIVES)]
     if not attacks:
         return None
     plt = _plt()
     fig, axes = plt.subplots(1, len(attacks), figsize=(3.6 * len(attacks), 3.4), squeeze=False)
     for ax, attack in zip(axes[0], attacks):
         for obj in OBJECTIVES:
-            res = _result(records, f"fig3.{attack}.{obj}")
+            res = _result(records, schema.fig3_cell(attack, obj))
             # eps = 0 is the clean accuracy of the same images.
             ax.plot([0.0] + list(res["eps"]), np.asarray([res["clean_accuracy"]] + list(res["accuracy"])) * 100,
                     "o-", color=COLORS[obj],
-                    label=f"ResNet-{_depth(records, obj)} ({LABELS[obj]})")
-        res = _result(records, f"fig3.{attack}.ce")
-        ax.set_title(f"{ATTACK_NAMES[attack]} (n = {res['n']})")
+                    label=f"ResNet-{_depth(records, obj)} ({obj.display})")
+        res = _result(records, schema.fig3_cell(attack, Objective.CE))
+        ax.set_title(f"{attack.display} (n = {res['n']})")
         ax.set_xlabel("theta (per-feature offset)" if res.get("x_axis") == "theta" else "eps (L-inf, [0, 1] units)")
         ax.set_ylabel("accuracy on adversarial examples (%)")
         ax.set_ylim(-2, 102)
@@ -89,13 +88,14 @@ def figure3_accuracy(records, out: Path):
 
 
 def figure4_examples(records, out: Path):
-    results = [_result(records, f"table3.k0.{o}") for o in OBJECTIVES]
-    if any(r is None or "figure4" not in r for r in results):
+    results = [_result(records, schema.table3_cell(0, o)) for o in OBJECTIVES]
+    if any(r is None or schema.FIGURE4 not in r for r in results):
         return None
     plt = _plt()
-    clean = np.asarray(results[0]["figure4"]["clean"], dtype=np.uint8)
+    clean = np.asarray(results[0][schema.FIGURE4]["clean"], dtype=np.uint8)
     rows = [("Normal", clean, None)] + [
-        (LABELS[o], np.asarray(r["figure4"]["adversarial"], dtype=np.uint8), r["figure4"]) for o, r in zip(OBJECTIVES, results)]
+        (o.display, np.asarray(r[schema.FIGURE4]["adversarial"], dtype=np.uint8), r[schema.FIGURE4])
+        for o, r in zip(OBJECTIVES, results)]
     k = clean.shape[0]
     fig, axes = plt.subplots(3, k, figsize=(1.3 * k, 4.3), squeeze=False)
     for row, (name, images, info) in enumerate(rows):
@@ -114,10 +114,10 @@ def figure4_examples(records, out: Path):
     return _save(fig, out / "figure4_cwwb_examples.png")
 
 
-def _objective_curves(records, cell: str, x_key: str, y_key: str, *, y_scale: float, xlabel: str, ylabel: str,
+def _objective_curves(records, cell_name, x_key: str, y_key: str, *, y_scale: float, xlabel: str, ylabel: str,
                       title: str, filename: str, out: Path, decorate=None):
-    """One line per objective (CE, RCE) of `cell`.{ce,rce}'s result[y_key] * y_scale against result[x_key]."""
-    results = [_result(records, f"{cell}.{o}") for o in OBJECTIVES]
+    """One line per objective (CE, RCE): result[y_key] * y_scale against result[x_key] of `cell_name(objective)`."""
+    results = [_result(records, cell_name(o)) for o in OBJECTIVES]
     if any(r is None for r in results):
         return None
     plt = _plt()
@@ -125,7 +125,7 @@ def _objective_curves(records, cell: str, x_key: str, y_key: str, *, y_scale: fl
     for obj, res in zip(OBJECTIVES, results):
         order = np.argsort(res[x_key])
         ax.plot(np.asarray(res[x_key])[order], np.asarray(res[y_key])[order] * y_scale, "o-", color=COLORS[obj],
-                label=f"ResNet-{_depth(records, obj)} ({LABELS[obj]})")
+                label=f"ResNet-{_depth(records, obj)} ({obj.display})")
     if decorate is not None:
         decorate(ax)
     ax.set_xlabel(xlabel)
@@ -138,32 +138,31 @@ def _objective_curves(records, cell: str, x_key: str, y_key: str, *, y_scale: fl
 
 def appendix_figure1_rand(records, out: Path):
     return _objective_curves(
-        records, "rand", "eps", "error", y_scale=100, out=out, filename="appendix_figure1_rand.png",
+        records, schema.rand_cell, "eps", "error", y_scale=100, out=out, filename="appendix_figure1_rand.png",
         xlabel="RAND noise eps (U(-eps, eps), [0, 1] units)", ylabel="test error (%)", title="Error on noisy examples",
-        decorate=lambda ax: ax.axvline(0.04, color="gray", ls=":", lw=1, label="paper's eps = 0.04"))
+        decorate=lambda ax: ax.axvline(paper.APPENDIX_RAND_EPS, color="gray", ls=":", lw=1,
+                                       label=f"paper's eps = {paper.APPENDIX_RAND_EPS:g}"))
 
 
 def _counted_kd(res):
-    pe = res["per_example"]
-    label, clean, adv = (np.asarray(pe[k]) for k in ("label", "clean_pred", "adv_pred"))
-    mask = (clean == label) & (adv != label)
-    return np.asarray(pe["adv_scores"]["kd"])[mask]
+    pe = res[schema.PER_EXAMPLE]
+    return np.asarray(pe[schema.ADV_SCORES][Metric.KD])[schema.counted(pe)]
 
 
 def appendix_figures2_3_histograms(records, out: Path):
-    if any(_result(records, f"rand.{o}") is None for o in OBJECTIVES):
+    if any(_result(records, schema.rand_cell(o)) is None for o in OBJECTIVES):
         return None
     plt = _plt()
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
     for ax, obj in zip(axes, OBJECTIVES):
-        hist = _result(records, f"rand.{obj}")["hist"]
+        hist = _result(records, schema.rand_cell(obj))[schema.HIST]
         series = [("normal", np.asarray(hist["kd_clean"])), (f"noisy (RAND {hist['eps']:g})", np.asarray(hist["kd_noisy"]))]
-        for attack in ("fgsm", "bim", "ilcm", "jsma", "cw", "cw-hc"):
-            res = _result(records, f"table2.{attack}.{obj}")
-            if res is not None and "per_example" in res:
+        for attack in TABLE2_ATTACKS:
+            res = _result(records, schema.table2_cell(attack, obj))
+            if res is not None and schema.PER_EXAMPLE in res:
                 values = _counted_kd(res)
                 if values.size:
-                    series.append((ATTACK_NAMES[attack], values))
+                    series.append((attack.display, values))
         lo = min(v.min() for _, v in series)
         hi = max(v.max() for _, v in series)
         bins = np.linspace(lo, hi, 40) if hi > lo else 10
@@ -172,7 +171,7 @@ def appendix_figures2_3_histograms(records, out: Path):
             ax.hist(values, bins=bins, label=f"{name} ({values.size})", **style)
         ax.set_xlabel("log K-density (natural log)")
         ax.set_ylabel("number of images")
-        ax.set_title(f"ResNet-{_depth(records, obj)} ({LABELS[obj]})")
+        ax.set_title(f"ResNet-{_depth(records, obj)} ({obj.display})")
         ax.legend(fontsize=7)
     fig.tight_layout()
     return _save(fig, out / "appendix_figures2_3_kd_histograms.png")
@@ -184,25 +183,25 @@ def appendix_figure4_fixed_c(records, out: Path):
         ax.set_ylim(-2, 102)
 
     return _objective_curves(
-        records, "cwc", "c", "accuracy", y_scale=100, out=out, filename="appendix_figure4_cw_fixed_c.png",
+        records, schema.cwc_cell, "c", "accuracy", y_scale=100, out=out, filename="appendix_figure4_cw_fixed_c.png",
         xlabel="C&W constant c (no binary search)", ylabel="accuracy under C&W (%)", title="C&W with a fixed c",
         decorate=decorate)
 
 
 def adaptive_curve(records, out: Path):
-    results = [_result(records, f"adaptive.{o}") for o in OBJECTIVES]
+    results = [_result(records, schema.adaptive_cell(o)) for o in OBJECTIVES]
     if any(r is None for r in results):
         return None
     plt = _plt()
-    metrics = list(results[0]["robust_accuracy_with_rejection"])
+    metrics = list(results[0][schema.ROBUST_ACCURACY])
     fig, axes = plt.subplots(1, len(metrics), figsize=(3.8 * len(metrics), 3.4), squeeze=False)
     for ax, metric in zip(axes[0], metrics):
         for obj, res in zip(OBJECTIVES, results):
-            ax.plot(res["eps"], np.asarray(res["robust_accuracy_with_rejection"][metric]) * 100, "o-",
-                    color=COLORS[obj], label=f"ResNet-{_depth(records, obj)} ({LABELS[obj]})")
+            ax.plot(res["eps"], np.asarray(res[schema.ROBUST_ACCURACY][metric]) * 100, "o-",
+                    color=COLORS[obj], label=f"ResNet-{_depth(records, obj)} ({obj.display})")
             ax.plot(res["eps"], np.asarray(res["undefended_robust_accuracy"]) * 100, ":", color=COLORS[obj],
-                    label=f"{LABELS[obj]}, no detector")
-        ax.set_title(f"{METRIC_NAMES.get(metric, metric)} detector, FPR {100 * results[0]['fpr']:g} %")
+                    label=f"{obj.display}, no detector")
+        ax.set_title(f"{Metric.coerce(metric).display} detector, FPR {100 * results[0]['fpr']:g} %")
         ax.set_xlabel("eps (L-inf)")
         ax.set_ylabel("robust accuracy with rejection (%)")
         ax.set_ylim(-2, 102)

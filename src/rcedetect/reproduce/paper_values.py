@@ -36,7 +36,6 @@ TABLE2 = {
         ("average", "ce"): (6.95, 47.8, 45.8, 90.1), ("average", "rce"): (6.89, 59.5, 80.0, 96.2),
     },
 }
-TABLE2_METRICS = ("confidence", "non-me", "kd")
 
 # Table 3 (C&W-wb, kappa = 0): (ratio (%) of f2(x*) > 0, distortion), ResNet-32, K-density.
 TABLE3 = {

@@ -28,33 +28,42 @@ Choices the paper leaves open, documented here (and written into every cell's JS
 * Histograms (appendix Figures 2-3): noisy inputs are RAND at 0.04 on CIFAR-10 (the paper's value)
   and 0.16 on MNIST (the L-inf budget of the MNIST attacks).
 * Appendix Figure 4 (accuracy under C&W with a fixed c): one binary-search step per c.
-* The adaptive attack (beyond the paper, issue 5) is evaluated at the detector's 5 % FPR threshold,
+* The adaptive attack (beyond the paper) is evaluated at the detector's 5 % FPR threshold,
   worst case over the update rules in `adaptive_settings["methods"]` (quick: "logit" and "selective",
   10 steps, 1 restart; paper: all three, 100 steps, 5 restarts); eps = 0 is the clean baseline.
 
-Cost model: `COST` holds the measured-order per-image costs of one ResNet-32 forward / forward+
-backward on a quiet 2-core CPU (MNIST; training: ~0.30 s per batch-128 step, i.e. ~4 min for the
-quick 800 steps). `pipeline` uses them to weight cells for the overall ETA and `estimate` to
-check a preset's budget on paper; the ETA itself adapts to the machine's real speed.
+`paper(dataset)` spells every setting once; `quick` is the paper preset with overrides
+(`dataclasses.replace`) and `toy` is `quick` with overrides, so a field a preset does not name is
+the one it derives from. The cost model that turns a
+preset into an estimated run time lives in `costs`.
 """
 
 from dataclasses import asdict, dataclass, field, replace
 
-from ..errors import InputError
+from ..names import Dataset, Metric, Norm, PGDMethod, Preset
+from .schema import TABLE2_ATTACKS
 
-DATASETS = ("mnist", "cifar10")
-PRESET_NAMES = ("quick", "paper", "toy")
+PRESET_NAMES = Preset.choices()
 # The authors' sweep: eps = 0.02 k + 0.02, k = 0..9 (test_adv.py), in [0, 1] pixel units.
 AUTHORS_EPS_GRID = tuple(round(0.02 * k + 0.02, 2) for k in range(10))
 QUICK_EPS_GRID = (0.04, 0.08, 0.12, 0.16, 0.2)
 SINGLE_EPS = {
-    "mnist": {"fgsm": 0.16, "bim": 0.16, "ilcm": 0.16, "jsma": 0.16},
-    "cifar10": {"fgsm": 0.12, "bim": 0.04, "ilcm": 0.02, "jsma": 0.16},
+    Dataset.MNIST: {"fgsm": 0.16, "bim": 0.16, "ilcm": 0.16, "jsma": 0.16},
+    Dataset.CIFAR10: {"fgsm": 0.12, "bim": 0.04, "ilcm": 0.02, "jsma": 0.16},
 }
-HIST_RAND_EPS = {"mnist": 0.16, "cifar10": 0.04}
-TABLE2_ATTACKS = ("fgsm", "bim", "ilcm", "jsma", "cw", "cw-hc")
-FIG3_ATTACKS = ("fgsm", "bim", "ilcm", "jsma")
-ADAPTIVE_METRICS = ("confidence", "non-me", "kd")
+HIST_RAND_EPS = {Dataset.MNIST: 0.16, Dataset.CIFAR10: 0.04}
+# C&W-wb of Table 3 (section 4.4): the paper's budget; the smaller presets change only what they name.
+CWWB_SETTINGS = {"binary_search_steps": 9, "max_iters": 10_000, "initial_const": 1.0, "attack_bank_size": 100}
+
+
+def _jsma_settings(max_pairs: int) -> dict:
+    # gamma = 1: the iteration cap (pairs of pixels) is the binding budget, as in appendix B.2.
+    return {"max_iters": max_pairs, "gamma": 1.0}
+
+
+def _cw_family(cw: dict) -> dict:
+    """attack_settings of one budget: JSMA's stays the paper's, C&W and C&W-hc share `cw`."""
+    return {"jsma": _jsma_settings(50), "cw": dict(cw), "cw-hc": dict(cw)}
 
 
 @dataclass(frozen=True)
@@ -70,11 +79,13 @@ class ReproPreset:
     Images are always a prefix of one seeded permutation of the test set, so smaller cells attack a
     subset of the larger ones; the last `calibration_n` images of that permutation are never attacked
     and set the detectors' thresholds (FPR) where one is needed.
+
+    The defaults are the paper's dataset-independent settings; `paper(dataset)` adds the rest.
     """
 
     dataset: str
-    name: str
-    train_preset: str
+    name: str = Preset.PAPER
+    train_preset: str = Preset.PAPER
     depths: tuple = (32, 56)
     train_steps: tuple = (None, None)
     train_batch_size: tuple = (None, None)
@@ -83,132 +94,87 @@ class ReproPreset:
     fpr: float = 0.05
     chunk: int = 100
     calibration_n: int = 1000
-    n_attack: dict = field(default_factory=dict)
+    n_attack: dict = field(default_factory=lambda: {a.value: 1000 for a in TABLE2_ATTACKS})
     eps: dict = field(default_factory=dict)
-    attack_settings: dict = field(default_factory=dict)
-    fig3_eps: tuple = QUICK_EPS_GRID
-    fig3_n: int = 100
-    fig3_jsma_n: int = 30
-    rand_eps: tuple = (0.0, 0.04) + QUICK_EPS_GRID
-    rand_n: int = 1000
+    attack_settings: dict = field(default_factory=lambda: _cw_family(
+        {"binary_search_steps": 9, "max_iters": 10_000, "initial_const": 1e-3}))
+    fig3_eps: tuple = AUTHORS_EPS_GRID
+    fig3_n: int = 1000
+    fig3_jsma_n: int = 1000
+    rand_eps: tuple = (0.0, 0.04) + tuple(e for e in AUTHORS_EPS_GRID if e != 0.04)
+    rand_n: int = 10_000
     hist_rand_eps: float = 0.04
     tsne_n: int = 1000
     tsne_perplexity: float = 30.0
-    cw_fixed_c: tuple = (0.1, 1.0, 10.0)
-    cw_fixed_n: int = 30
-    cw_fixed_settings: dict = field(default_factory=dict)
-    cwwb_n: int = 20
+    cw_fixed_c: tuple = (0.01, 0.1, 1.0, 10.0, 100.0)
+    cw_fixed_n: int = 1000
+    cw_fixed_settings: dict = field(default_factory=lambda: {"max_iters": 10_000})
+    cwwb_n: int = 1000
     cwwb_kappas: tuple = (0.0, 5.0)
-    cwwb_settings: dict = field(default_factory=dict)
+    cwwb_settings: dict = field(default_factory=lambda: dict(CWWB_SETTINGS))
     figure4_images: int = 8
     adaptive_eps: tuple = (0.0, 0.04, 0.1, 0.2)
-    adaptive_n: int = 50
-    adaptive_metrics: tuple = ADAPTIVE_METRICS
-    adaptive_settings: dict = field(default_factory=dict)
+    adaptive_n: int = 1000
+    adaptive_metrics: tuple = tuple(m.value for m in Metric)
+    adaptive_settings: dict = field(default_factory=lambda: {
+        "steps": 100, "restarts": 5, "norm": Norm.LINF.value, "methods": [m.value for m in PGDMethod]})
 
     def to_dict(self) -> dict:
         return asdict(self)
 
-    def with_overrides(self, **changes) -> "ReproPreset":
-        return replace(self, **changes)
 
-
-def _jsma_settings(max_pairs: int) -> dict:
-    # gamma = 1: the iteration cap (pairs of pixels) is the binding budget, as in appendix B.2.
-    return {"max_iters": max_pairs, "gamma": 1.0}
-
-
-def _paper(dataset: str) -> ReproPreset:
-    eps = SINGLE_EPS[dataset]
-    cw = {"binary_search_steps": 9, "max_iters": 10_000, "initial_const": 1e-3}
+def paper(dataset) -> ReproPreset:
+    """The paper's settings on `dataset` (the dataset-dependent ones here, the rest are the defaults)."""
+    dataset = Dataset.coerce(dataset)
     return ReproPreset(
-        dataset=dataset, name="paper", train_preset="paper",
-        n_attack={a: 1000 for a in TABLE2_ATTACKS}, eps=dict(eps),
-        attack_settings={"jsma": _jsma_settings(50), "cw": dict(cw), "cw-hc": dict(cw)},
-        fig3_eps=AUTHORS_EPS_GRID, fig3_n=1000, fig3_jsma_n=1000,
-        rand_eps=(0.0, 0.04) + tuple(e for e in AUTHORS_EPS_GRID if e != 0.04), rand_n=10_000,
-        hist_rand_eps=HIST_RAND_EPS[dataset], tsne_n=1000,
-        cw_fixed_c=(0.01, 0.1, 1.0, 10.0, 100.0), cw_fixed_n=1000,
-        cw_fixed_settings={"max_iters": 10_000},
-        cwwb_n=1000, cwwb_settings={"binary_search_steps": 9, "max_iters": 10_000, "initial_const": 1.0,
-                                    "attack_bank_size": 100},
-        adaptive_eps=(0.0,) + (AUTHORS_EPS_GRID[:5] if dataset == "mnist" else (0.01, 0.02, 0.03, 0.04, 0.06)),
-        adaptive_n=1000,
-        adaptive_settings={"steps": 100, "restarts": 5, "norm": "linf", "methods": ["logit", "selective", "orthogonal"]},
+        dataset=dataset, eps=dict(SINGLE_EPS[dataset]), hist_rand_eps=HIST_RAND_EPS[dataset],
+        adaptive_eps=(0.0,) + (AUTHORS_EPS_GRID[:5] if dataset == Dataset.MNIST else (0.01, 0.02, 0.03, 0.04, 0.06)),
     )
 
 
-def _quick(dataset: str) -> ReproPreset:
-    eps = SINGLE_EPS[dataset]
+def quick(dataset) -> ReproPreset:
+    dataset = Dataset.coerce(dataset)
     # C&W: 4 binary-search steps x 100 iterations from c = 1 with Adam lr 0.1 (paper: 9 x 10 000 at
     # lr 0.01). The larger step is what makes 100 iterations enough: MNIST's black pixels sit at
     # w = artanh(-0.999999) = -7.25 in tanh space, where Adam at lr 0.01 needs ~700 steps before they
     # move at all. Measured on the quick MNIST models (50 images, targeted): lr 0.01 from c = 0.1
     # succeeds on 12 % (CE) / 4 % (RCE); lr 0.1 from c = 1 on 100 % (CE) / 70 % (RCE).
-    cw = {"binary_search_steps": 4, "max_iters": 100, "initial_const": 1.0, "lr": 0.1}
-    return ReproPreset(
-        dataset=dataset, name="quick", train_preset="quick",
-        train_steps=(None, 100 if dataset == "mnist" else 300),
-        n_attack={"fgsm": 500, "bim": 300, "ilcm": 300, "jsma": 120, "cw": 30, "cw-hc": 30}, eps=dict(eps),
-        attack_settings={"jsma": _jsma_settings(50), "cw": dict(cw), "cw-hc": dict(cw)},
+    return replace(
+        paper(dataset), name=Preset.QUICK, train_preset=Preset.QUICK,
+        train_steps=(None, 100 if dataset == Dataset.MNIST else 300),
+        n_attack={"fgsm": 500, "bim": 300, "ilcm": 300, "jsma": 120, "cw": 30, "cw-hc": 30},
+        attack_settings=_cw_family({"binary_search_steps": 4, "max_iters": 100, "initial_const": 1.0, "lr": 0.1}),
         fig3_eps=QUICK_EPS_GRID, fig3_n=60, fig3_jsma_n=20,
-        rand_eps=(0.0, 0.04) + QUICK_EPS_GRID, rand_n=500, hist_rand_eps=HIST_RAND_EPS[dataset],
-        tsne_n=1000,
+        rand_eps=(0.0, 0.04) + QUICK_EPS_GRID, rand_n=500,
         cw_fixed_c=(0.1, 1.0, 10.0), cw_fixed_n=20, cw_fixed_settings={"max_iters": 100, "lr": 0.1},
-        cwwb_n=16, cwwb_settings={"binary_search_steps": 2, "max_iters": 100, "initial_const": 1.0, "lr": 0.1,
-                                  "attack_bank_size": 100},
-        adaptive_eps=(0.0, 0.04, 0.1, 0.2) if dataset == "mnist" else (0.0, 0.01, 0.02, 0.04),
-        adaptive_n=40, adaptive_settings={"steps": 10, "restarts": 1, "norm": "linf", "methods": ["logit", "selective"]},
+        cwwb_n=16, cwwb_settings={**CWWB_SETTINGS, "binary_search_steps": 2, "max_iters": 100, "lr": 0.1},
+        adaptive_eps=(0.0, 0.04, 0.1, 0.2) if dataset == Dataset.MNIST else (0.0, 0.01, 0.02, 0.04),
+        adaptive_n=40, adaptive_settings={"steps": 10, "restarts": 1, "norm": Norm.LINF.value,
+                           "methods": [PGDMethod.LOGIT.value, PGDMethod.SELECTIVE.value]},
     )
 
 
-def _toy(dataset: str) -> ReproPreset:
-    eps = SINGLE_EPS[dataset]
-    cw = {"binary_search_steps": 2, "max_iters": 10, "initial_const": 1.0}
-    return ReproPreset(
-        dataset=dataset, name="toy", train_preset="quick", depths=(8, 14), train_steps=(300, 60),
-        train_batch_size=(None, 32),
+def toy(dataset) -> ReproPreset:
+    # Depth 8, 300 steps: the test suite's shared tiny models, which the toy test reuses.
+    return replace(
+        quick(dataset), name=Preset.TOY, depths=(8, 14), train_steps=(300, 60), train_batch_size=(None, 32),
         kd_per_class=30, chunk=16, calibration_n=200,
-        n_attack={"fgsm": 40, "bim": 40, "ilcm": 40, "jsma": 8, "cw": 8, "cw-hc": 8}, eps=dict(eps),
-        attack_settings={"jsma": _jsma_settings(5), "cw": dict(cw), "cw-hc": dict(cw)},
+        n_attack={"fgsm": 40, "bim": 40, "ilcm": 40, "jsma": 8, "cw": 8, "cw-hc": 8},
+        attack_settings={**_cw_family({"binary_search_steps": 2, "max_iters": 10, "initial_const": 1.0}),
+                         "jsma": _jsma_settings(5)},
         fig3_eps=(0.1, 0.3), fig3_n=16, fig3_jsma_n=4,
         rand_eps=(0.0, 0.1, 0.3), rand_n=64, hist_rand_eps=0.1, tsne_n=60, tsne_perplexity=10.0,
         cw_fixed_c=(0.1, 10.0), cw_fixed_n=4, cw_fixed_settings={"max_iters": 10},
-        cwwb_n=4, cwwb_settings={"binary_search_steps": 1, "max_iters": 10, "initial_const": 1.0,
-                                 "attack_bank_size": 10},
+        cwwb_n=4, cwwb_settings={**CWWB_SETTINGS, "binary_search_steps": 1, "max_iters": 10, "attack_bank_size": 10},
         figure4_images=4, adaptive_eps=(0.0, 0.3), adaptive_n=8,
-        adaptive_settings={"steps": 3, "restarts": 1, "norm": "linf", "methods": ["logit"]},
+        adaptive_settings={"steps": 3, "restarts": 1, "norm": Norm.LINF.value, "methods": [PGDMethod.LOGIT.value]},
     )
 
 
-_BUILDERS = {"paper": _paper, "quick": _quick, "toy": _toy}
+_BUILDERS = {Preset.PAPER: paper, Preset.QUICK: quick, Preset.TOY: toy}
 
 
-def get_preset(dataset: str, name: str) -> ReproPreset:
+def get_preset(dataset, name) -> ReproPreset:
     """The `ReproPreset` for `dataset` ('mnist' / 'cifar10') and `name` ('quick' / 'paper' / 'toy')."""
-    if dataset not in DATASETS:
-        raise InputError(f"unknown dataset {dataset!r}: choose {' or '.join(DATASETS)}")
-    try:
-        return _BUILDERS[name](dataset)
-    except KeyError:
-        raise InputError(f"unknown preset {name!r}: choose one of {', '.join(PRESET_NAMES)}") from None
-
-
-# ---------------------------------------------------------------------------------------- costs
-# Seconds per image on a quiet 2-core CPU for a ResNet-32 on MNIST: forward, forward + input-gradient,
-# and one batch-128 training step. Other depths scale with the number of residual blocks; CIFAR-10
-# with the input area (32x32x3 stem vs 28x28x1: the body dominates, ~1.3x).
-COST = {"fwd": 0.6e-3, "grad": 1.6e-3, "train_step": 0.30}
-DATASET_FACTOR = {"mnist": 1.0, "cifar10": 1.3}
-EARLY_ABORT = 0.6  # fraction of a C&W budget an example uses on average with per-example early abort
-
-
-def depth_factor(depth: int) -> float:
-    # Residual blocks scale with depth; the stem, the head and per-call overheads do not (depth 8
-    # measured at ~0.35x the per-image cost of depth 32).
-    return 0.15 + 0.85 * (depth - 2) / 30.0
-
-
-def unit_cost(kind: str, dataset: str, depth: int) -> float:
-    """Estimated seconds for one image (`fwd` / `grad`) or one training step (`train_step`)."""
-    return COST[kind] * DATASET_FACTOR[dataset] * depth_factor(depth)
+    dataset = Dataset.coerce(dataset)
+    return _BUILDERS[Preset.coerce(name)](dataset)

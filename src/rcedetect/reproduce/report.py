@@ -23,14 +23,12 @@ from .. import __version__
 from ..checkpoints import atomic_write_bytes
 from ..errors import InputError
 from . import paper_values as paper
-from .cells import CellStore
-from .figures import ATTACK_NAMES, METRIC_NAMES, make_figures
+from ..names import Attack, Dataset, Metric, Objective
+from . import schema
+from .figures import make_figures
+from .schema import METRICS, OBJECTIVES, TABLE2_ATTACKS
+from .store import CellStore
 
-OBJECTIVES = ("ce", "rce")
-OBJ = {"ce": "CE", "rce": "RCE"}
-DATASET_NAMES = {"mnist": "MNIST", "cifar10": "CIFAR-10"}
-TABLE2_ATTACKS = ("fgsm", "bim", "ilcm", "jsma", "cw", "cw-hc")
-METRICS = ("confidence", "non-me", "kd")
 BOOTSTRAP = 500
 
 
@@ -50,25 +48,20 @@ def bootstrap_auc_interval(clean, adv, *, draws: int = BOOTSTRAP, seed: int = 0)
     return float(lo), float(hi)
 
 
-def _counted(per_example):
-    label, clean, adv = (np.asarray(per_example[k]) for k in ("label", "clean_pred", "adv_pred"))
-    return (clean == label) & (adv != label)
-
-
 def _f(value, digits=1, scale=1.0, dash="–"):
     return dash if value is None else f"{value * scale:.{digits}f}"
 
 
 def _auc_text(res, metric):
-    auc = res["auc"].get(metric)
+    auc = res[schema.AUC].get(metric)
     if auc is None:
         return "–"
     text = f"{100 * auc:.1f}"
-    pe = res.get("per_example")
+    pe = res.get(schema.PER_EXAMPLE)
     if pe is not None:
-        mask = _counted(pe)
-        ci = bootstrap_auc_interval(np.asarray(pe["clean_scores"][metric])[mask],
-                                    np.asarray(pe["adv_scores"][metric])[mask])
+        mask = schema.counted(pe)
+        ci = bootstrap_auc_interval(np.asarray(pe[schema.CLEAN_SCORES][metric])[mask],
+                                    np.asarray(pe[schema.ADV_SCORES][metric])[mask])
         if ci is not None:
             text += f" [{100 * ci[0]:.0f}, {100 * ci[1]:.0f}]"
     return text
@@ -190,7 +183,7 @@ class _Report:
     def __init__(self, run_dir: Path, info: dict, records: dict, figures: dict):
         self.run_dir, self.info, self.records, self.figures = run_dir, info, records, figures
         self.settings = info.get("settings", {})
-        self.dataset = info["dataset"]
+        self.dataset = Dataset.coerce(info["dataset"])
         self.depths = self.settings.get("depths", [32, 56])
         self.doc = Doc()
 
@@ -205,7 +198,7 @@ class _Report:
             self.doc.p(f"*({caption.split('.')[0]}: not computed in this run.)*")
 
     def model(self, which, obj):
-        return f"ResNet-{self.depths[which]} ({OBJ[obj]})"
+        return f"ResNet-{self.depths[which]} ({obj.display})"
 
     def header(self):
         d = self.doc
@@ -214,7 +207,7 @@ class _Report:
         devices = sorted({p.get("device", "?") for p in provenance})
         times = sorted(p.get("finished_utc", "") for p in provenance)
         wall = sum(p.get("wall_seconds", 0.0) for p in provenance)
-        d.h(1, f"rcedetect reproduction — {DATASET_NAMES.get(self.dataset, self.dataset)}, preset `{self.info['preset']}`")
+        d.h(1, f"rcedetect reproduction — {self.dataset.display}, preset `{self.info['preset']}`")
         d.p(f"Pang, Du, Dong & Zhu, *Towards Robust Detection of Adversarial Examples* (NeurIPS 2018), "
             f"re-run by rcedetect. Rendered {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC from "
             f"`{self.run_dir}/cells/*.json` ({len(self.records)} cells).")
@@ -229,7 +222,7 @@ class _Report:
         s = self.settings
         n = s.get("n_attack", {})
         cw = s.get("attack_settings", {}).get("cw", {})
-        steps = [self.res(f"train.resnet{self.depths[0]}-{o}") for o in OBJECTIVES]
+        steps = [self.res(schema.train_cell(self.depths[0], o)) for o in OBJECTIVES]
         steps_text = ", ".join(f"{r['steps']}" for r in steps if r) or "?"
         paper_steps = "20 000" if self.dataset == "mnist" else "90 000"
         self.doc.h(2, "How to read this report")
@@ -267,23 +260,25 @@ class _Report:
             values = {o: [] for o in OBJECTIVES}
             wins = ties = compared = 0
             for attack in TABLE2_ATTACKS:
-                r = {o: self.res(f"table2.{attack}.{o}") for o in OBJECTIVES}
-                if any(v is None or v["auc"].get(metric) is None for v in r.values()):
+                r = {o: self.res(schema.table2_cell(attack, o)) for o in OBJECTIVES}
+                if any(v is None or v[schema.AUC].get(metric) is None for v in r.values()):
                     continue
+                auc = {o: r[o][schema.AUC][metric] for o in OBJECTIVES}
                 compared += 1
-                wins += r["rce"]["auc"][metric] > r["ce"]["auc"][metric]
-                ties += r["rce"]["auc"][metric] == r["ce"]["auc"][metric]
+                wins += auc[Objective.RCE] > auc[Objective.CE]
+                ties += auc[Objective.RCE] == auc[Objective.CE]
                 for o in OBJECTIVES:
-                    values[o].append(r[o]["auc"][metric])
+                    values[o].append(auc[o])
             if compared:
-                effects.append((metric, wins, ties, compared, np.mean(values["ce"]), np.mean(values["rce"])))
+                effects.append((metric, wins, ties, compared, np.mean(values[Objective.CE]),
+                                np.mean(values[Objective.RCE])))
         if not effects:
             return
         self.doc.h(2, "Summary")
         lines = []
         for metric, wins, ties, compared, ce, rce in effects:
             tie_text = f", equal for {ties}" if ties else ""
-            lines.append(f"{METRIC_NAMES[metric]}: mean AUC over the {compared} attacks with counted pairs for both "
+            lines.append(f"{metric.display}: mean AUC over the {compared} attacks with counted pairs for both "
                          f"models {100 * ce:.1f} (CE) vs {100 * rce:.1f} (RCE); RCE higher for {wins}{tie_text}.")
         self.doc.bullets(lines)
 
@@ -291,7 +286,7 @@ class _Report:
         rows = []
         for which in (0, 1):
             for obj in OBJECTIVES:
-                r = self.res(f"train.resnet{self.depths[which]}-{obj}")
+                r = self.res(schema.train_cell(self.depths[which], obj))
                 if r is None:
                     continue
                 ref = paper.TABLE1.get((self.dataset, {0: 32, 1: 56}[which], obj))
@@ -312,30 +307,30 @@ class _Report:
         rows, extra, averages = [], [], {o: {"distortion": [], **{m: [] for m in METRICS}} for o in OBJECTIVES}
         for attack in TABLE2_ATTACKS:
             for obj in OBJECTIVES:
-                r = self.res(f"table2.{attack}.{obj}")
+                r = self.res(schema.table2_cell(attack, obj))
                 if r is None:
                     continue
                 ref = paper_rows.get((attack, obj))
                 eps = r.get("eps")
-                row = [ATTACK_NAMES[attack], OBJ[obj], "–" if eps is None else f"{eps:g}", f"{r['n']} ({r['n_counted']})",
+                row = [attack.display, obj.display, "–" if eps is None else f"{eps:g}", f"{r['n']} ({r['n_counted']})",
                        f"{_f(r['distortion'], 2)} ({ref[0]:.2f})" if ref else _f(r["distortion"], 2)]
                 for i, metric in enumerate(METRICS):
                     row.append(_auc_text(r, metric) + (f" ({ref[1 + i]:.1f})" if ref else ""))
-                    if r["auc"].get(metric) is not None:
-                        averages[obj][metric].append(r["auc"][metric])
+                    if r[schema.AUC].get(metric) is not None:
+                        averages[obj][metric].append(r[schema.AUC][metric])
                 if r["distortion"] is not None:
                     averages[obj]["distortion"].append(r["distortion"])
                 rows.append(row)
-                extra.append([ATTACK_NAMES[attack], OBJ[obj], _f(r.get("attack_success_rate"), 1, 100),
+                extra.append([attack.display, obj.display, _f(r.get("attack_success_rate"), 1, 100),
                               _f(r.get("adversarial_accuracy"), 1, 100)]
-                             + [_f(r["detection_rate"].get(m), 1, 100) for m in METRICS]
-                             + [_f(r["robust_accuracy_with_rejection"].get(m), 1, 100) for m in METRICS])
+                             + [_f(r[schema.DETECTION_RATE].get(m), 1, 100) for m in METRICS]
+                             + [_f(r[schema.ROBUST_ACCURACY].get(m), 1, 100) for m in METRICS])
         for obj in OBJECTIVES:
             a = averages[obj]
             if not a["distortion"]:
                 continue
             ref = paper_rows.get(("average", obj))
-            row = ["Average", OBJ[obj], "", "", f"{np.mean(a['distortion']):.2f}" + (f" ({ref[0]:.2f})" if ref else "")]
+            row = ["Average", obj.display, "", "", f"{np.mean(a['distortion']):.2f}" + (f" ({ref[0]:.2f})" if ref else "")]
             for i, metric in enumerate(METRICS):
                 row.append((f"{100 * np.mean(a[metric]):.1f}" if a[metric] else "–") + (f" ({ref[1 + i]:.1f})" if ref else ""))
             rows.append(row)
@@ -346,7 +341,7 @@ class _Report:
             f"attacked) so that {100 * fpr:g} % of them are rejected. *Detected* = counted adversarial examples "
             f"rejected; *robust acc.* = attacked images that are rejected or still classified correctly.")
         d.table(["attack", "obj.", "attack success", "accuracy under attack"]
-                + [f"detected: {METRIC_NAMES[m]}" for m in METRICS] + [f"robust acc.: {METRIC_NAMES[m]}" for m in METRICS],
+                + [f"detected: {m.display}" for m in METRICS] + [f"robust acc.: {m.display}" for m in METRICS],
                 extra)
 
     def table3(self):
@@ -360,7 +355,7 @@ class _Report:
         rows = []
         for kappa in self.settings.get("cwwb_kappas", [0.0, 5.0]):
             for obj in OBJECTIVES:
-                r = self.res(f"table3.k{kappa:g}.{obj}")
+                r = self.res(schema.table3_cell(kappa, obj))
                 if r is None:
                     continue
                 if kappa == 0:
@@ -369,7 +364,7 @@ class _Report:
                 else:
                     ref = paper.APPENDIX_TABLE2.get((self.dataset, obj))
                     ref_ratio, ref_dist = (f"{ref}" if ref is not None else "–"), "–"
-                rows.append([f"κ = {kappa:g}", OBJ[obj], f"{r['n']} ({r['n_counted']})",
+                rows.append([f"κ = {kappa:g}", obj.display, f"{r['n']} ({r['n_counted']})",
                              f"{_f(r['ratio_f2_positive_percent'], 0)} ({ref_ratio})",
                              f"{_f(r['mean_distortion'], 2)} ({ref_dist})",
                              _f(r.get("classifier_success_percent"), 0), _f(r.get("success_percent"), 0),
@@ -391,7 +386,7 @@ class _Report:
         ref = paper.TABLE4.get(self.dataset, {})
         for target in OBJECTIVES:
             for sub in OBJECTIVES:
-                r = self.res(f"table4.{sub}-to-{target}")
+                r = self.res(schema.table4_cell(sub, target))
                 if r is None:
                     continue
                 p_auc = ref.get((target, sub))
@@ -405,29 +400,33 @@ class _Report:
                  "rejected at FPR (%)", "paper AUC"], rows)
         if bound is not None:
             d.p(f"Paper: fewer than {bound:g} % of the C&W-wb examples made the target misclassify on "
-                f"{DATASET_NAMES[self.dataset]}.")
+                f"{self.dataset.display}.")
 
     def appendix_table1(self):
         rows = []
         cw = self.settings.get("attack_settings", {}).get("cw", {})
         wb = self.settings.get("cwwb_settings", {})
+        cw_budget = f"{cw.get('binary_search_steps', '?')} × {cw.get('max_iters', '?')}"
         budgets = {
-            "fgsm": "1 step", "bim": "10 steps", "ilcm": "10 steps",
-            "jsma": f"≤ {2 * self.settings.get('attack_settings', {}).get('jsma', {}).get('max_iters', 50)} pixels",
-            "cw": f"{cw.get('binary_search_steps', '?')} × {cw.get('max_iters', '?')}",
-            "cw-hc": f"{cw.get('binary_search_steps', '?')} × {cw.get('max_iters', '?')}",
-            "cw-wb": f"2 phases × {wb.get('binary_search_steps', '?')} × {wb.get('max_iters', '?')}",
+            Attack.FGSM: "1 step", Attack.BIM: "10 steps", Attack.ILCM: "10 steps",
+            Attack.JSMA: f"≤ {2 * self.settings.get('attack_settings', {}).get('jsma', {}).get('max_iters', 50)} pixels",
+            Attack.CW: cw_budget, Attack.CW_HC: cw_budget,
+            Attack.CW_WB: f"2 phases × {wb.get('binary_search_steps', '?')} × {wb.get('max_iters', '?')}",
         }
-        for attack in TABLE2_ATTACKS + ("cw-wb",):
+        # The cell that measured each attack's time: Table 2's, and Table 3's kappa-0 run for C&W-wb.
+        timed = [(a, lambda o, a=a: schema.table2_cell(a, o)) for a in TABLE2_ATTACKS]
+        timed.append((Attack.CW_WB, lambda o: schema.table3_cell(0, o)))
+        for attack, cell_name in timed:
             for obj in OBJECTIVES:
-                r = self.res(f"table3.k0.{obj}" if attack == "cw-wb" else f"table2.{attack}.{obj}")
+                r = self.res(cell_name(obj))
                 if r is None:
                     continue
                 ref = paper.APPENDIX_TABLE1.get((attack, obj))
-                rows.append([ATTACK_NAMES[attack], OBJ[obj], budgets[attack], f"{r['seconds_per_example']:.3g}",
+                rows.append([attack.display, obj.display, budgets[attack], f"{r['seconds_per_example']:.3g}",
                              f"{ref:.2g}" if ref is not None else "–"])
         self.doc.h(2, "Appendix Table 1 — seconds per adversarial example (measured)")
-        provenance = {r["provenance"].get("device") for n, r in self.records.items() if n.startswith("table2.")}
+        provenance = {r["provenance"].get("device") for n, r in self.records.items()
+                      if schema.kind(n) == schema.TABLE2}
         self.doc.p(f"Attack wall time of this run divided by the attacked images, on {', '.join(sorted(provenance)) or '?'}, "
                    f"with this run's budgets; paper: P100 GPU, 9 × 10 000 C&W iterations, JSMA ≤ 100 pixels.")
         self.doc.table(["attack", "obj.", "budget (this run)", "ours (s)", "paper (s)"], rows)
@@ -455,7 +454,7 @@ class _Report:
     def adaptive(self):
         d = self.doc
         d.h(2, "Beyond the paper — detector-aware adaptive attack")
-        results = [self.res(f"adaptive.{o}") for o in OBJECTIVES]
+        results = [self.res(schema.adaptive_cell(o)) for o in OBJECTIVES]
         if any(r is None for r in results):
             d.p("*(not computed in this run.)*")
             return
@@ -469,9 +468,9 @@ class _Report:
             f"fraction of clean images classified correctly or rejected.")
         rows = []
         for obj, r in zip(OBJECTIVES, results):
-            rows.append([OBJ[obj], "none (classifier alone)"] + [_f(v, 0, 100) for v in r["undefended_robust_accuracy"]])
-            for metric, curve in r["robust_accuracy_with_rejection"].items():
-                rows.append([OBJ[obj], METRIC_NAMES.get(metric, metric)] + [_f(v, 0, 100) for v in curve])
+            rows.append([obj.display, "none (classifier alone)"] + [_f(v, 0, 100) for v in r["undefended_robust_accuracy"]])
+            for metric, curve in r[schema.ROBUST_ACCURACY].items():
+                rows.append([obj.display, Metric.coerce(metric).display] + [_f(v, 0, 100) for v in curve])
         d.table(["obj.", "detector"] + [f"ε = {e:g}" for e in r0["eps"]], rows)
         self.figure("adaptive", "Robust accuracy with rejection under the detector-aware attack vs ε.")
 

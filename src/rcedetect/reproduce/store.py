@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from .. import __version__
-from ..checkpoints import atomic_save_tensors, atomic_write_json, read_tensors
+from ..files import atomic_save_tensors, atomic_write_json, read_tensors
 from ..errors import CheckpointError, RceDetectError
 
 CELL_FORMAT = "rcedetect-cell-v1"

@@ -1,0 +1,200 @@
+"""Cells of the white-box, black-box and adaptive threat models (sections 4.4-4.5, appendix B.4).
+
+    table3.k<kappa>.<obj>   C&W-wb (kappa 0: Table 3; kappa 5: appendix Table 2) on the main model with
+                            its K-density detector: ratio of f2(x*) > 0 and mean distortion; Figure 4 images
+    table4.<sub>-to-<tgt>   the kappa-0 C&W-wb examples of a ResNet-32 (substitute) fed to a ResNet-56
+                            (target) judged by its *own* K-density detector: transfer rate and AUC
+    adaptive.<obj>          detector-aware PGD against classifier + detector at the FPR threshold:
+                            robust accuracy with rejection vs eps, per metric (worst case over methods)
+
+The numbers come from `rcedetect.evaluation.threat_models` (`summarize_white_box`,
+`transfer_evaluation`, `adaptive_curve`); the attacks run in cached chunks (`examples`), and Table 4
+feeds exactly the Table 3 kappa-0 examples that fooled their substitute (as `transfer_table` would
+recompute them: same targets, same attack bank, same seed).
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ...detectors import ConfidenceMetric, NonMEMetric, ThresholdDetector
+from ...evaluation import auc_score, distortion
+from ...evaluation.threat_models import adaptive_curve, summarize_white_box, transfer_evaluation
+from ...inference import batched_outputs
+from ...names import Attack, Metric, PGDMethod
+from .. import schema
+from ..examples import cwwb_examples
+from ..jsonable import ints, sig, uint8_images
+from .base import Cell
+
+
+@dataclass(frozen=True)
+class Table3Cell(Cell):
+    """C&W-wb at margin `kappa` against the main model's K-density detector."""
+
+    kappa: float
+    objective: str
+
+    @property
+    def name(self):
+        return schema.table3_cell(self.kappa, self.objective)
+
+    def config(self, ctx):
+        p = ctx.preset
+        return {**ctx.base_config(0, self.objective), "attack": Attack.CW_WB, "kappa": float(self.kappa),
+                "n": p.cwwb_n, "settings": dict(p.cwwb_settings)}
+
+    def compute(self, ctx, progress):
+        p, objective, kappa = ctx.preset, self.objective, float(self.kappa)
+        result, seconds = cwwb_examples(ctx, kappa, objective, progress=progress, hi=0.95)
+        n = p.cwwb_n
+        x, y = ctx.images(n)
+        clean = ctx.clean_outputs(0, objective, n)
+        clean_pred = clean.logits.argmax(1)
+        row = summarize_white_box(result, x, y, clean_pred)
+        # Beyond Table 3: the detector at its FPR threshold (f2 <= 0 is a stricter notion of "fooled").
+        kd = ctx.kd(0, objective)
+        with torch.no_grad():
+            adv = batched_outputs(ctx.model(0, objective), result.x_adv, device=ctx.device)
+            kd_clean, kd_adv = kd.score(clean).double().numpy(), kd.score(adv).double().numpy()
+        adv_pred = adv.logits.argmax(1)
+        # C&W-wb's counted set: clean image right and the target reached (summarize_white_box's).
+        counted = ((clean_pred == y) & result.fooled).numpy()
+        threshold = ctx.thresholds(0, objective)[Metric.KD]
+        out = {
+            "attack": Attack.CW_WB, "kappa": kappa, "objective": objective, "depth": p.depths[0],
+            "settings": dict(p.cwwb_settings), **row,
+            "kd_threshold": threshold,
+            "kd_rejected_percent": (float(100 * np.mean(kd_adv[counted] <= threshold)) if counted.any() else None),
+            "kd_auc": auc_score(kd_clean[counted], kd_adv[counted]) if counted.any() else None,
+            "attack_seconds": seconds, "seconds_per_example": seconds / n,
+            schema.PER_EXAMPLE: {schema.LABEL: ints(y), "target": ints(result.target),
+                                 schema.CLEAN_PRED: ints(clean_pred), schema.ADV_PRED: ints(adv_pred),
+                                 "fooled": ints(result.fooled), "f2": sig(result.f2),
+                                 "distortion": sig(distortion(result.x_adv, x)),
+                                 "kd_clean": sig(kd_clean), "kd_adv": sig(kd_adv)},
+        }
+        if kappa == 0:
+            k = min(p.figure4_images, n)
+            out[schema.FIGURE4] = {"clean": uint8_images(x[:k]), "adversarial": uint8_images(result.x_adv[:k]),
+                                   "label": ints(y[:k]), "target": ints(result.target[:k]),
+                                   "adv_pred": ints(adv_pred[:k]),
+                                   "distortion": out[schema.PER_EXAMPLE]["distortion"][:k]}
+        return out
+
+    def cost(self, ctx, costs):
+        p = ctx.preset
+        # Two C&W phases (the attack's own K-density, then the evaluated one).
+        return costs.gradients(ctx.dataset, p.depths[0], p.cwwb_n * 2 * costs.cw_gradients(p.cwwb_settings)) + 2
+
+
+def kd_detector(ctx, which: int, objective) -> ThresholdDetector:
+    """A model's own K-density detector with its threshold at the preset's FPR on held-out clean images."""
+    return ThresholdDetector(ctx.kd(which, objective), fpr=ctx.preset.fpr).calibrate(
+        ctx.calibration_outputs(which, objective))
+
+
+@dataclass(frozen=True)
+class Table4Cell(Cell):
+    """The kappa-0 C&W-wb examples of the main model (`substitute`) fed to the black-box `target`."""
+
+    substitute: str
+    target: str
+
+    @property
+    def name(self):
+        return schema.table4_cell(self.substitute, self.target)
+
+    def config(self, ctx):
+        return {"substitute": Table3Cell(0.0, self.substitute).config(ctx), "target": ctx.base_config(1, self.target)}
+
+    def compute(self, ctx, progress):
+        n = ctx.preset.cwwb_n
+        result, _ = cwwb_examples(ctx, 0.0, self.substitute, progress=progress, hi=0.5)
+        x, y = ctx.images(n)
+        sub_clean = ctx.clean_outputs(0, self.substitute, n).logits.argmax(1)
+        fed = (sub_clean == y) & result.fooled  # crafted: they fool their substitute
+        out = {"substitute": ctx.tag(0, self.substitute), "target": ctx.tag(1, self.target), "n": n,
+               "n_fed": int(fed.sum())}
+        if not fed.any():
+            return {**out, "n_target_clean_correct": 0, "n_counted": 0, "transfer_rate_percent": None, "auc": None,
+                    "adversarial_rejected_percent": None}
+        row = transfer_evaluation(ctx.model(1, self.target), kd_detector(ctx, 1, self.target), ctx.on_device(x[fed]),
+                                  y[fed].to(ctx.device), ctx.on_device(result.x_adv[fed]))
+        return {**out, **row}
+
+    def cost(self, ctx, costs):
+        return costs.forward(ctx.dataset, ctx.preset.depths[1], 2 * ctx.preset.cwwb_n) + 1
+
+
+@dataclass(frozen=True)
+class AdaptiveCell(Cell):
+    """Robust accuracy with rejection at the preset's FPR under `adaptive_curve`, run in cached chunks
+    of images; every reported value is a mean over images, so chunk values combine exactly by size."""
+
+    objective: str
+
+    @property
+    def name(self):
+        return schema.adaptive_cell(self.objective)
+
+    def config(self, ctx):
+        p = ctx.preset
+        return {**ctx.base_config(0, self.objective), "attack": "detector-aware-pgd", "eps": list(p.adaptive_eps),
+                "n": p.adaptive_n, "metrics": list(p.adaptive_metrics), "settings": dict(p.adaptive_settings)}
+
+    @staticmethod
+    def _methods_and_settings(p):
+        settings = dict(p.adaptive_settings)
+        methods = tuple(settings.pop("methods", PGDMethod.choices()))
+        return methods, settings
+
+    def compute(self, ctx, progress):
+        p, objective = ctx.preset, self.objective
+        n = p.adaptive_n
+        x, y = ctx.images(n)
+        model = ctx.model(0, objective)
+        metrics = {Metric.CONFIDENCE: ConfidenceMetric(), Metric.NON_ME: NonMEMetric(), Metric.KD: ctx.kd(0, objective)}
+        cal = ctx.calibration_outputs(0, objective)
+        detectors = {m: ThresholdDetector(metrics[Metric.coerce(m)], fpr=p.fpr).calibrate(cal)
+                     for m in p.adaptive_metrics}
+        methods, settings = self._methods_and_settings(p)
+        config = {**self.config(ctx), "model": ctx.model_identity(0, objective)}
+
+        def chunk(start, stop):
+            curve = adaptive_curve(model, detectors, ctx.on_device(x[start:stop]), y[start:stop].to(ctx.device),
+                                   eps_values=p.adaptive_eps, methods=methods, seed=ctx.seed, **settings)
+            tensors = {"count": torch.tensor([[float(stop - start)]], dtype=torch.float64),
+                       "clean_accuracy": torch.tensor([[curve["clean_accuracy"]]], dtype=torch.float64),
+                       "undefended": torch.tensor([curve["undefended"]["robust_accuracy"]], dtype=torch.float64)}
+            for metric, values in curve["curves"].items():
+                tensors[f"ra.{metric}"] = torch.tensor([values["robust_accuracy_with_rejection"]], dtype=torch.float64)
+                for method, by in values["by_method"].items():
+                    tensors[f"by.{metric}.{method}"] = torch.tensor([by], dtype=torch.float64)
+            return tensors
+
+        tensors, seconds = ctx.store.chunked(f"{ctx.tag(0, objective)}.adaptive", config, n, p.chunk, chunk,
+                                             on_chunk=progress.chunk_callback("adaptive", 0.0, 1.0))
+        weights = tensors["count"][:, 0]
+
+        def combine(t):  # (chunks, len(eps)) -> size-weighted mean over chunks
+            return [float(v) for v in (t * weights[:, None]).sum(0) / weights.sum()]
+
+        curves = {m: combine(tensors[f"ra.{m}"]) for m in p.adaptive_metrics}
+        by_method = {m: {meth: combine(tensors[f"by.{m}.{meth}"]) for meth in methods} for m in p.adaptive_metrics}
+        return {"objective": objective, "n": n, "eps": [float(e) for e in p.adaptive_eps], "fpr": p.fpr,
+                "settings": {**settings, "methods": list(methods)},
+                "thresholds": {m: float(d.threshold_) for m, d in detectors.items()},
+                "clean_accuracy": combine(tensors["clean_accuracy"])[0],
+                "robust_accuracy_with_rejection": curves, "by_method": by_method,
+                "undefended_robust_accuracy": combine(tensors["undefended"]),
+                "attack_seconds": seconds, "seconds_per_example": seconds / n}
+
+    def cost(self, ctx, costs):
+        p = ctx.preset
+        s = p.adaptive_settings
+        method_cost = sum(costs.pgd_method[PGDMethod.coerce(m)] for m in s.get("methods", (PGDMethod.LOGIT,)))
+        attacked_eps = sum(1 for e in p.adaptive_eps if e > 0)
+        steps = s.get("steps", 100) * s.get("restarts", 1) * (len(p.adaptive_metrics) * method_cost + 1)
+        return costs.gradients(ctx.dataset, p.depths[0], p.adaptive_n * attacked_eps * steps) + 1

@@ -1,0 +1,76 @@
+"""Estimated seconds of a reproduction's cells on a quiet 2-core CPU: the weights of the overall ETA.
+
+`COSTS` holds the measured-order per-image costs of one ResNet-32 forward / forward+backward on a
+quiet 2-core CPU (MNIST; training: ~0.30 s per batch-128 step, i.e. ~4 min for the quick 800
+steps). Other depths scale with the number of residual blocks; CIFAR-10 with the input area
+(32x32x3 stem vs 28x28x1: the body dominates, ~1.3x). Each cell prices itself (`Cell.cost`) in
+these units; the ETA shown while running adapts to the machine's real speed.
+"""
+
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+from ..names import Attack, Dataset, PGDMethod
+
+
+def _frozen(mapping) -> MappingProxyType:
+    return MappingProxyType(dict(mapping))
+
+
+@dataclass(frozen=True)
+class CostModel:
+    """Seconds per image (`fwd`, `grad`) or per training step, per dataset, as a function of depth."""
+
+    fwd: float = 0.6e-3
+    grad: float = 1.6e-3
+    train_step: float = 0.30
+    dataset_factor: MappingProxyType = field(default_factory=lambda: _frozen({Dataset.MNIST: 1.0,
+                                                                             Dataset.CIFAR10: 1.3}))
+    early_abort: float = 0.6  # fraction of a C&W budget an example uses on average with per-example early abort
+    # Gradient-equivalents of one JSMA pair iteration and one C&W iteration (extra bookkeeping per step).
+    jsma_iteration: float = 1.2
+    cw_iteration: float = 1.5
+    # Gradient-equivalents of one PGD step per update rule (the projected rules do more per step).
+    pgd_method: MappingProxyType = field(default_factory=lambda: _frozen({PGDMethod.LOGIT: 1.0,
+                                                                         PGDMethod.SELECTIVE: 1.6,
+                                                                         PGDMethod.ORTHOGONAL: 1.6}))
+
+    @staticmethod
+    def depth_factor(depth: int) -> float:
+        # Residual blocks scale with depth; the stem, the head and per-call overheads do not (depth 8
+        # measured at ~0.35x the per-image cost of depth 32).
+        return 0.15 + 0.85 * (depth - 2) / 30.0
+
+    def unit(self, kind: str, dataset, depth: int) -> float:
+        """Estimated seconds for one image (`fwd` / `grad`) or one training step (`train_step`)."""
+        return getattr(self, kind) * self.dataset_factor[Dataset.coerce(dataset)] * self.depth_factor(depth)
+
+    def forward(self, dataset, depth: int, n: float) -> float:
+        return n * self.unit("fwd", dataset, depth)
+
+    def gradients(self, dataset, depth: int, n: float) -> float:
+        return n * self.unit("grad", dataset, depth)
+
+    def training(self, dataset, depth: int, steps: int, batch_size: int) -> float:
+        return steps * self.unit("train_step", dataset, depth) * batch_size / 128
+
+    def cw_gradients(self, settings) -> float:
+        """Gradient-equivalents per image of a C&W run with `settings` (early abort included)."""
+        return (settings.get("binary_search_steps", 9) * settings.get("max_iters", 1000) * self.early_abort
+                * self.cw_iteration)
+
+    def attack_gradients(self, attack, settings) -> float:
+        """Gradient-equivalents per image of one run of `attack` with `settings`."""
+        return _ATTACK_GRADIENTS[Attack.coerce(attack)](self, settings)
+
+
+_ATTACK_GRADIENTS = {
+    Attack.FGSM: lambda costs, settings: 1.0,
+    Attack.BIM: lambda costs, settings: 10.0,
+    Attack.ILCM: lambda costs, settings: 10.0,
+    Attack.JSMA: lambda costs, settings: settings.get("max_iters", 50) * costs.jsma_iteration,
+    Attack.CW: CostModel.cw_gradients,
+    Attack.CW_HC: CostModel.cw_gradients,
+}
+
+COSTS = CostModel()
