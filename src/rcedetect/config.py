@@ -40,7 +40,10 @@ class TrainConfig:
     # initialisation is ~(L-1)x smaller than CE's (softmax(-z) - R_y vs softmax(z) - 1_y, both near
     # uniform), so a short schedule can scale it by L-1 to start as fast as CE; the minimiser is unchanged.
     loss_scale: float = 1.0
-    augment: bool = False
+    # CIFAR-10 training augmentation: False (none), or a key of rcedetect.augment.AUGMENTATIONS:
+    # "pad-crop" (the authors' cifar_input.py) or "resize" (appendix B.1's 40x40 bilinear zoom).
+    # True is what configs written before the choice existed hold: they were trained with "resize".
+    augment: object = False
     seed: int = 0
     checkpoint_every: int = 100
     preset: str = "custom"
@@ -92,7 +95,7 @@ def preset_config(dataset: str, objective: str, preset: str = Preset.QUICK, dept
     boundaries = tuple(max(1, round(f * total)) for f in LR_BOUNDARY_FRACTIONS[dataset])
     return TrainConfig(
         dataset=dataset, objective=objective, depth=depth, steps=total, lr_boundaries=boundaries,
-        augment=(dataset == Dataset.CIFAR10), seed=seed,
+        augment="pad-crop" if dataset == Dataset.CIFAR10 else False, seed=seed,
         loss_scale=QUICK_RCE_LOSS_SCALE if (preset == Preset.QUICK and objective == Objective.RCE) else 1.0,
         checkpoint_every=max(1, min(500, total // 10)),
         preset=preset.value if steps is None else f"{preset}-steps{total}",

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from . import __version__
-from .augment import cifar_augment
+from .augment import augmentation_of
 from .checkpoints import TRAIN_STATE_FILE, WEIGHTS_FILE, build_model, save_checkpoint
 from .config import TrainConfig
 from .data import load_dataset
@@ -91,6 +91,7 @@ def train(config: TrainConfig, out_dir, *, device="cpu", resume: bool = False, p
         raise RceDetectError(f"{out_dir} already holds a trained model: choose another --out, or delete it to re-train")
     if state_path.exists() and not resume:
         raise RceDetectError(f"{out_dir} holds an unfinished run: pass --resume to continue it, or choose another --out")
+    augment = augmentation_of(config.augment)
 
     train_set = load_dataset(config.dataset, "train", data_dir)
     test_set = load_dataset(config.dataset, "test", data_dir)
@@ -116,7 +117,7 @@ def train(config: TrainConfig, out_dir, *, device="cpu", resume: bool = False, p
         x = images[index].float().div_(255.0)
         if config.augment:
             generator = torch.Generator().manual_seed(config.seed * _AUGMENT_STREAM + step)
-            x = cifar_augment(x, generator)
+            x = augment(x, generator)
         x = x.contiguous(memory_format=torch.channels_last)
         y = labels[index]
         logits = model(x)

@@ -6,6 +6,21 @@ A targeted BIM towards the class the model finds least likely on the clean input
 true label (no label leaking). Distance: L-infinity, `eps` in [0, 1] pixel units. Defaults:
 steps=10, step_size=eps/steps (the authors' code, `tgsm(eps=eps/10, epochs=10)`; the paper's formula
 writes eps per step, see `bim`). L is the CE of the prediction logits by default (`loss=` as in `fgsm`).
+
+Difference from the authors' code (P2333/Reverse-Cross-Entropy `attacks/tgsm.py`, lines 40-51): their
+target vector is `one_hot(y_ll, on_value=clip_max, off_value=clip_min)` = +0.5 / -0.5 (their box is
+[-0.5, 0.5]), fed to `tf.nn.softmax_cross_entropy_with_logits`. That is not textbook cross-entropy:
+the formula reads -0.5 log p_t + 0.5 sum_{j != t} log p_j, and what TF differentiates is the op's
+built-in gradient softmax(z) - labels (which assumes labels summing to 1), i.e. the gradient of
+CE(z, y_ll) + 0.5 * sum_j z_j: the step also follows -sign of the gradient of the summed logits. We
+keep textbook ILCM (Kurakin et al.'s loss); the authors' variant is
+`loss=lambda z, t: F.cross_entropy(z, t) + 0.5 * z.sum(1).mean()`.
+Measured (200 MNIST test images, depth-8 CE ResNet after 120 of 400 quick steps, 92 % clean
+accuracy; success = classified as y_ll, fooled = misclassified, distortion = mean RMS x 255 over all
+200):  eps 0.16: textbook 30.5 % / 86.0 % / 22.7; authors' TF gradient 30.0 % / 87.5 % / 23.1; the
+formula's own gradient (-0.5 log p_t + 0.5 sum log p_j differentiated exactly) 1.0 % / 17.5 % / 23.3.
+eps 0.04: 0 % / 12.0 % / 7.0; 0 % / 12.0 % / 7.1; 0 % / 8.5 % / 6.8. So the authors' ILCM is, in
+effect, textbook ILCM (within 1.5 points); only an exact differentiation of their loss would be weak.
 """
 
 import torch

@@ -1,13 +1,33 @@
 """JSMA, the Jacobian-based saliency map attack (Papernot et al. 2016b; section 2.3 of Pang et al. 2018).
 
-Targeted. Each iteration computes, for every feature i still in the search domain,
+Two variants, chosen by `mode`:
+
+* `mode="single"` (default): the greedy single-feature map the authors ran, following their
+  P2333/Reverse-Cross-Entropy `attacks/jsma.py` (`_jsma_impl`, called from `test_adv.py` with
+  `pair=False, epochs=100, eps=<the eps of the sweep>`) and the paper's section 2.3 ("perturbs one
+  feature by a constant offset in each iteration step"). Each iteration computes, for every feature i
+  that can still move (x_i < 1 for theta > 0), alpha_i = dF_t/dx_i and beta_i = sum_{j != t} dF_j/dx_i,
+  picks the feature maximising alpha_i * |beta_i| among those with alpha_i >= 0 and beta_i <= 0 (if none
+  qualifies: the one maximising alpha_i - beta_i among all movable features; ties: the lowest index) and
+  adds `theta` to it, clipped to the box. The movable set is recomputed from x every iteration, so a
+  feature may be chosen again until it saturates (reaches the box bound): with theta < 1 one pixel can
+  take several steps. At most `max_iters` iterations (authors: 100), hence at most `max_iters` changed
+  features (appendix B.2: "at most 100 pixels"). The authors use theta > 0 only; theta < 0 is the
+  mirror image here (features decrease to 0, alpha <= 0 and beta >= 0 admissible).
+* `mode="pair"`: the pairwise map of Papernot et al.'s Algorithm 3, described below.
+
+Targets: the caller's. The authors attack argmin F(x) (the least likely class) when no target is
+given (`test_adv.py`, `adv_craft_func`); `least_likely_class` computes it.
+
+Pairwise variant. Each iteration computes, for every feature i still in the search domain,
 alpha_i = dF_t/dx_i and beta_i = sum_{j != t} dF_j/dx_i, picks the *pair* (p, q) maximising
 (alpha_p + alpha_q) * |beta_p + beta_q| subject to alpha_p + alpha_q > 0 and beta_p + beta_q < 0
 (Papernot et al.'s Algorithm 3, the pairwise form of the paper's map S(X, t)), moves both features by
 `theta` (+1: to the top of the box) and removes them from the domain. It stops per example when the
 model predicts `target`, when no admissible pair is left, after `max_iters` iterations or when
 floor(gamma * d / 2) iterations have changed a fraction `gamma` of the d features, whichever first.
-Distance: L0 (number of changed features). Defaults: theta=1.0, gamma=0.1, max_iters=100.
+Distance (both variants): L0 (number of changed features). Defaults: mode="single", theta=1.0,
+max_iters=100, gamma=None (no cap).
 
 F is the softmax output (`output="probs"`, the paper's F(X) and the authors' choice) or the logits
 (`output="logits"`, Papernot et al.'s original / "JSMA-Z" of Carlini & Wagner 2017).
@@ -17,17 +37,15 @@ theta > 0), as in cleverhans and the authors' code.
 Batched: one forward pass and the vector-Jacobian products for a whole batch per iteration (the
 target row and the sum of the other rows of the Jacobian: two backward passes, not L). For softmax
 outputs sum_j F_j = 1, so beta = -alpha exactly and one backward pass suffices. Examples that finish
-leave the working batch. The best pair is found without an n x d x d pair tensor: exactly over the
+leave the working batch (in both variants). The best pair is found without an n x d x d pair tensor: exactly over the
 top-k features by alpha and by -beta, with a bound proving that no pair outside the candidates scores
 higher; only examples where the bound fails are searched with more candidates, up to all d, in
 chunks of bounded memory. This is what makes 3x32x32 inputs cheap (d = 3072: a full pair tensor is
 9.4M entries per image).
 
-Differences from the authors' code (P2333/Reverse-Cross-Entropy, attacks/jsma.py): they ran the greedy
-*single-feature* variant (`pair=False`) for 100 iterations (at most 100 changed pixels), with targets
-argmin F(x) when none were given. We implement the paper's description (the pairwise map of Papernot
-et al.); `max_iters=100` then allows up to 200 changed features, but `gamma=0.1` is usually the
-binding limit (78 features on MNIST, 307 on CIFAR-10).
+`gamma` (optional) caps the fraction of the d features an example may change: floor(gamma * d)
+single-feature iterations or floor(gamma * d / 2) pair iterations. The authors' single-feature runs
+have no such cap (only the 100 iterations); Papernot et al. use gamma = 0.1 with pairs.
 """
 
 import torch
@@ -101,17 +119,36 @@ def best_pairs(a: torch.Tensor, b: torch.Tensor, domain: torch.Tensor, k: int = 
     return score > 0, p, q
 
 
-def jsma(model, x: torch.Tensor, target: torch.Tensor, *, theta: float = 1.0, gamma: float = 0.1,
-         max_iters: int = 100, output: str = "probs", progress: bool = False) -> AttackResult:
-    """Pairwise JSMA on images `x` (N, C, H, W) in [0, 1] towards classes `target` (N,).
+def best_single(a: torch.Tensor, b: torch.Tensor, movable: torch.Tensor) -> torch.Tensor:
+    """The single-feature choice of the authors' `_jsma_impl`, per row. a, b, movable: (n, d).
+
+    argmax of a * |b| over movable features with a >= 0 and b <= 0; rows where no feature qualifies:
+    argmax of a - b over the movable features. Ties go to the lowest index. Returns p (n,).
+    """
+    neg = torch.tensor(float("-inf"), dtype=a.dtype, device=a.device)
+    admissible = movable & (a >= 0) & (b <= 0)
+    fallback = ~admissible.any(dim=1, keepdim=True)
+    score = torch.where(fallback, torch.where(movable, a - b, neg), torch.where(admissible, a * b.abs(), neg))
+    return score.argmax(dim=1)
+
+
+MODES = ("single", "pair")
+
+
+def jsma(model, x: torch.Tensor, target: torch.Tensor, *, theta: float = 1.0, gamma=None,
+         max_iters: int = 100, output: str = "probs", mode: str = "single", progress: bool = False) -> AttackResult:
+    """JSMA on images `x` (N, C, H, W) in [0, 1] towards classes `target` (N,): the authors' greedy
+    single-feature map (`mode="single"`) or Papernot et al.'s pairwise map (`mode="pair"`).
 
     Returns AttackResult(x_adv, success); `success` = the model classifies x_adv as `target`.
     """
     check_images(x)
     if not isinstance(theta, (int, float)) or theta == 0:
         raise InputError(f"theta must be a non-zero number (+1 increases features to the top of the box), got {theta!r}")
-    if not (0 < gamma <= 1):
-        raise InputError(f"gamma is the largest fraction of features JSMA may change, in (0, 1]; got {gamma!r}")
+    if gamma is not None and not (isinstance(gamma, (int, float)) and 0 < gamma <= 1):
+        raise InputError(f"gamma is the largest fraction of features JSMA may change, in (0, 1] or None; got {gamma!r}")
+    if mode not in MODES:
+        raise InputError(f"mode must be one of {list(MODES)} (one feature or a pair per iteration), got {mode!r}")
     check_positive(max_iters, "max_iters", allow_zero=True)
     try:
         to_output, probs_sum_to_one = OUTPUTS[output]
@@ -121,7 +158,8 @@ def jsma(model, x: torch.Tensor, target: torch.Tensor, *, theta: float = 1.0, ga
     d = x[0].numel()
     with eval_mode(model):
         check_labels(target, n, "target", num_classes_of(model, x))
-        iters = min(int(max_iters), int(d * gamma / 2))
+        per_iter = 1 if mode == "single" else 2
+        iters = int(max_iters) if gamma is None else min(int(max_iters), int(d * gamma / per_iter))
         x_adv = x.detach().flatten(1).clone()
         domain = x_adv < 1.0 if theta > 0 else x_adv > 0.0
         sign = 1.0 if theta > 0 else -1.0
@@ -135,7 +173,7 @@ def jsma(model, x: torch.Tensor, target: torch.Tensor, *, theta: float = 1.0, ga
             out = to_output(model(xa))
             t = target[active]
             going = ~goal_reached(out.detach().argmax(1), t, targeted=True)
-            going &= domain[active].sum(1) >= 2
+            going &= domain[active].sum(1) >= per_iter
             if not going.all():
                 # Finished examples leave the working batch; the backward below skips their rows.
                 active, out, t = active[going], out[going], t[going]
@@ -150,6 +188,15 @@ def jsma(model, x: torch.Tensor, target: torch.Tensor, *, theta: float = 1.0, ga
                 (alpha,) = torch.autograd.grad(target_out, xa, retain_graph=True)
                 (total,) = torch.autograd.grad(out.sum(), xa)
                 alpha, beta = alpha[going].flatten(1), (total - alpha)[going].flatten(1)
+            if mode == "single":
+                p = best_single(sign * alpha, sign * beta, domain[active])
+                x_adv[active, p] = (x_adv[active, p] + theta).clamp(0.0, 1.0)
+                # A feature stays movable until it saturates: the authors recompute the mask from x.
+                domain[active, p] = x_adv[active, p] < 1.0 if theta > 0 else x_adv[active, p] > 0.0
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(working=active.numel())
+                continue
             # Increasing (theta > 0) needs alpha > 0 and beta < 0; decreasing the mirror image.
             valid, p, q = best_pairs(sign * alpha, -sign * beta, domain[active])
             rows = active[valid]

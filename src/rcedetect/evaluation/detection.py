@@ -47,9 +47,30 @@ def roc_curve(clean_scores, adversarial_scores):
     return sklearn.metrics.roc_curve(y_true, scores)
 
 
-def auc_score(clean_scores, adversarial_scores) -> float:
-    """ROC AUC with the paper's convention (normal positive, higher = more normal), via scikit-learn."""
+AUC_TIES = ("half", "official")
+
+
+def auc_score(clean_scores, adversarial_scores, *, ties: str = "half") -> float:
+    """ROC AUC with the paper's convention (normal positive, higher = more normal).
+
+    ties="half" (default): the standard AUC, P(clean > adversarial) + P(clean = adversarial) / 2, via
+    scikit-learn. ties="official": what the authors' `Matlab_scripts/AUC.m` computes when called as in
+    `auc_of_roc_RCE.m` (lines 74-86: targets [ones(clean) zeros(adv)], outputs [clean adv]). AUC.m ranks
+    the outputs by MATLAB's stable ascending `sort` (line 2), sums the ranks of the positives (lines
+    12-16) and returns (sigma - M(M+1)/2) / (MN) (line 17), the Mann-Whitney count with each tie broken
+    by input position; all clean scores precede all adversarial ones, so a tied clean score always
+    ranks *below* its adversarial twin and every clean/adversarial tie counts 0: the result is
+    P(clean > adversarial), strictly. Ties therefore lower the official AUC (they favour the adversarial
+    class), e.g. saturated confidences of 1.0 on both sides.
+    """
+    if ties not in AUC_TIES:
+        raise InputError(f"ties must be one of {list(AUC_TIES)} (1/2 per tie, or 0 as the authors' AUC.m), got {ties!r}")
     y_true, scores = _pair(clean_scores, adversarial_scores)
+    if ties == "official":
+        clean, adv = np.sort(scores[y_true == 1]), scores[y_true == 0]
+        # For each adversarial score, the clean scores strictly above it: a tie counts 0.
+        above = clean.size - np.searchsorted(clean, adv, side="right")
+        return float(above.sum() / (clean.size * adv.size))
     return float(sklearn.metrics.roc_auc_score(y_true, scores))
 
 
