@@ -258,6 +258,13 @@ def test_kd_and_mahalanobis_on_a_foreign_net_through_layer_taps():
         x_hat = preprocess_inputs(feature_fn, x[:10], g.means_, g.precision_, magnitude=0.01)
         torch.testing.assert_close(scores[:, j], g.score(feature_fn(x_hat)).detach())
     assert all(not m._forward_hooks and not m._forward_pre_hooks for m in net.modules())
+    with LayerTaps(net, detector.layers_) as taps:
+        far = detector.layer_scores_of_inputs(taps, torch.rand(30, 1, 8, 8) * 3.0)
+        near = detector.layer_scores_of_inputs(taps, x[:30])
+    assert detector.fit_regression(near, None, far) is detector
+    assert float(detector.score_samples(near).mean()) > float(detector.score_samples(far).mean())
+    with pytest.raises(InputError, match="need the inputs"):
+        detector.score_samples(tapped)  # features without the preprocessing step are refused
 
 
 def test_mahalanobis_detector_contract_and_round_trip(tmp_path):

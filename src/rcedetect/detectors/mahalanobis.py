@@ -189,7 +189,7 @@ class MahalanobisDetector:
         det = MahalanobisDetector(magnitude=0.0014).fit_gaussians(train_feats, train_labels)
         with LayerTaps(model, det.layers_) as taps:
             clean, adv = det.layer_scores_of_inputs(taps, x_clean), det.layer_scores_of_inputs(taps, x_adv)
-        det.fit_regression(clean, adv, noisy=None)
+        det.fit_regression(clean, None, adv)
     or in one call on features when there is no preprocessing: `fit(train_feats, train_labels, clean=...,
     adversarial=..., noisy=...)`. Features: {layer: (N, C_l)} spatial means (`LayerTaps(reduce="mean")`).
 
@@ -273,9 +273,12 @@ class MahalanobisDetector:
                              f"pass layer_scores_of_inputs(taps, x), not features")
         return self.layer_scores(x)
 
-    def fit_regression(self, clean, adversarial, noisy=None) -> "MahalanobisDetector":
-        """Fit the logistic regression on (N, L) layer scores (or features, magnitude 0); returns self."""
+    def fit_regression(self, clean, noisy=None, adversarial=None) -> "MahalanobisDetector":
+        """Fit the logistic regression on (N, L) layer scores (or features, magnitude 0) of clean,
+        noisy (optional) and adversarial inputs, the argument order of `LIDDetector.fit`; returns self."""
         self._check_gaussians()
+        if adversarial is None:
+            raise InputError("fit_regression needs adversarial scores: fit_regression(clean, noisy, adversarial)")
         sets = [self._as_layer_scores(clean, "clean")]
         if noisy is not None:
             sets.append(self._as_layer_scores(noisy, "noisy"))
@@ -287,9 +290,9 @@ class MahalanobisDetector:
         return self
 
     def fit(self, features, labels, *, clean, adversarial, noisy=None, num_classes=None) -> "MahalanobisDetector":
-        """`fit_gaussians(features, labels)` then `fit_regression(clean, adversarial, noisy)`."""
+        """`fit_gaussians(features, labels)` then `fit_regression(clean, noisy, adversarial)`."""
         return self.fit_gaussians(features, labels, num_classes=num_classes).fit_regression(
-            clean, adversarial, noisy)
+            clean, noisy, adversarial)
 
     def _check_fitted(self):
         if not hasattr(self, "head_"):
