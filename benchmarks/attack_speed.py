@@ -147,7 +147,7 @@ def main(argv=None):
         adv = import_advertorch()
         xj, yj = x_all[:args.jsma_n], y_all[:args.jsma_n]
         target = random_targets(yj, 10, seed=args.seed)
-        record("jsma", "rcedetect", xj, lambda: (jsma(model, xj, target, gamma=args.jsma_gamma).x_adv, True), "l0",
+        record("jsma", "rcedetect", xj, lambda: (jsma(model, xj, target, gamma=args.jsma_gamma, mode="pair").x_adv, True), "l0",
                target, True)
         attack = adv.attacks.JacobianSaliencyMapAttack(lambda inp: model(inp).softmax(1), num_classes=10,
                                                        theta=1.0, gamma=args.jsma_gamma)

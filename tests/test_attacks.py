@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from rcedetect.attacks import ATTACKS, AttackResult, bim, cw_l2, cw_l2_search, fgsm, ilcm, jsma, load_adversarial
-from rcedetect.attacks import random_noise, random_targets
+from rcedetect.attacks import least_likely_class, random_noise, random_targets
 from rcedetect.attacks.cw import logit_margin
 from rcedetect.attacks.jsma import best_pairs
 from rcedetect.errors import InputError
@@ -327,10 +327,18 @@ def test_jsma_eps_is_theta(model, batch):
     x, y = batch[0][:3], batch[1][:3]
     via_eps = ATTACKS["jsma"](model, x, y, eps=0.3, seed=1, max_iters=4)
     via_theta = ATTACKS["jsma"](model, x, y, theta=0.3, seed=1, max_iters=4)
-    direct = jsma(model, x, random_targets(y, 10, 1), theta=0.3, max_iters=4)
+    # The spec aims at the least likely class (the authors' test_adv.py); targets="random" at a random one.
+    direct = jsma(model, x, least_likely_class(model, x), theta=0.3, max_iters=4)
     assert torch.equal(via_eps.x_adv, via_theta.x_adv) and torch.equal(via_eps.x_adv, direct.x_adv)
+    via_random = ATTACKS["jsma"](model, x, y, eps=0.3, seed=1, max_iters=4, targets="random")
+    assert torch.equal(via_random.x_adv, jsma(model, x, random_targets(y, 10, 1), theta=0.3, max_iters=4).x_adv)
+    with pytest.raises(InputError, match="target rule"):
+        ATTACKS["jsma"](model, x, y, eps=0.3, max_iters=4, targets="sideways")
+    # The single-feature map may step a pixel again until it saturates: each step is theta.
     changed = (via_eps.x_adv - x).abs().flatten(1)
-    assert changed.max() <= 0.3 + EPS_TOL and changed.max() > 0
+    assert changed.max() > 0 and (changed > EPS_TOL).sum(1).max() <= 4
+    steps = changed / 0.3
+    assert torch.all((steps - steps.round()).abs()[(changed > EPS_TOL) & (via_eps.x_adv.flatten(1) < 1)] < 1e-4)
 
 
 def test_random_targets_do_not_depend_on_the_chunking(model, batch):

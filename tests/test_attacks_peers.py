@@ -82,7 +82,7 @@ def test_jsma_comparable_to_advertorch(tiny_models, batch):
     x, y = x[:6], y[:6]
     target = random_targets(y, 10, seed=1)
     gamma = 0.06  # at most 23 pair iterations: advertorch computes all 10 Jacobian rows per iteration
-    ours = jsma(model, x, target, theta=1.0, gamma=gamma, output=output)
+    ours = jsma(model, x, target, theta=1.0, gamma=gamma, output=output, mode="pair")  # advertorch: pairs
     # advertorch differentiates whatever `predict` returns: give it F = softmax for the "probs" map.
     predict = lambda inp: model(inp).softmax(1)  # noqa: E731
     attack = advertorch.attacks.JacobianSaliencyMapAttack(predict, num_classes=10, clip_min=0.0, clip_max=1.0,

@@ -342,7 +342,7 @@ def test_saved_beside_a_checkpoint_with_the_existing_persistence(tmp_path, monke
         assert loaded.threshold_ == detector.threshold_
         torch.testing.assert_close(loaded.score_samples(data), detector.score_samples(data))
     # the unsupervised metric's preprocessing on our ResNet = the generic step through a ":input" tap
-    metric = fitted["mahalanobis"][0].metric
+    metric = fitted["mahalanobis"][0].metric_  # the fitted copy (the one passed in stays unfitted)
     taps = LayerTaps(model, ["fc:input"])
     expected = preprocess_inputs(lambda v: taps(v).features["fc:input"], x[:5], metric.means_, metric.precision_,
                                  magnitude=0.002)

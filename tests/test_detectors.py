@@ -368,7 +368,9 @@ def test_metric_factories_refuse_unknown_settings():
         METRICS["kd"]("ce", bandwith_sq=1.0)
     with pytest.raises(InputError, match="no settings|none"):
         METRICS["confidence"]("ce", n_per_class=10)
-    assert set(METRICS) == {"confidence", "non-me", "kd"} and "kd" in METRICS
+    with pytest.raises(InputError, match="lid"):
+        METRICS["lid"]("ce", neighbours=20)
+    assert set(METRICS) == {"confidence", "non-me", "kd", "lid", "mahalanobis"} and "kd" in METRICS
 
 
 # ------------------------------------------------------------------------------------- selective

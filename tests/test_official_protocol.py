@@ -97,7 +97,7 @@ def test_single_feature_jsma_caps_and_options():
     assert ((jsma(model, x, target, gamma=2 / 16).x_adv != x).flatten(1).sum(1) <= 2).all()
     pair = jsma(model, x, target, max_iters=2, mode="pair")
     assert ((pair.x_adv != x).flatten(1).sum(1) <= 4).all()
-    with pytest.raises(ValueError, match="mode"):
+    with pytest.raises(InputError, match="mode"):
         jsma(model, x, target, mode="triple")
 
 
@@ -185,3 +185,123 @@ def test_official_auc_hand_value_and_no_ties():
     assert auc_score(clean, adv, ties="official") == pytest.approx(auc_score(clean, adv), abs=1e-12)
     with pytest.raises(InputError, match="ties"):
         auc_score(clean, adv, ties="zero")
+
+
+# ------------------------------------------------------------------ C&W-wb: attack bank, eta, ratio
+def _kd_with_bank(seed=0, classes=3, per_class=12, dim=4, bandwidth_sq=0.7):
+    from rcedetect.detectors import KernelDensity
+    from rcedetect.models import ModelOutput
+
+    gen = torch.Generator().manual_seed(seed)
+    features = torch.randn(classes * per_class, dim, generator=gen)
+    labels = torch.arange(classes).repeat_interleave(per_class)
+    logits = torch.zeros(features.shape[0], classes)
+    kd = KernelDensity(bandwidth_sq, n_per_class=per_class, seed=seed).fit(ModelOutput(logits, features), labels,
+                                                                          num_classes=classes)
+    return kd
+
+
+def test_attack_eta_is_the_median_of_the_authors_median_for_attack():
+    """eta_c = -log median_j KD_c(z_j) over the class-c training points z_j of the detector's bank,
+    KD against the attack bank with the self-kernel of its members kept (median_for_attack.m); the
+    leave-one-out variant drops it. Float64 brute force."""
+    from rcedetect.attacks.cw_wb import attack_bank, attack_eta
+
+    kd = _kd_with_bank()
+    sub, member = attack_bank(kd, 5, seed=3)
+    bank, sub_bank = kd.bank_.double(), sub.bank_.double()
+    for leave_one_out in (False, True):
+        eta = attack_eta(kd, sub, member, leave_one_out=leave_one_out)
+        for c, (part, sub_part) in enumerate(zip(kd.class_slices(), sub.class_slices())):
+            values = []
+            for row in range(part.start, part.stop):
+                d2 = ((bank[row] - sub_bank[sub_part]) ** 2).sum(1)
+                kernels = torch.exp(-d2 / kd.bandwidth_sq)
+                own = int(member[row])
+                if leave_one_out and own >= 0:
+                    kernels = torch.cat([kernels[:own - sub_part.start], kernels[own - sub_part.start + 1:]])
+                values.append(-torch.log(kernels.mean()))
+            # torch.quantile(0.5) averages the two middle values of an even count, like MATLAB's median.
+            assert float(eta[c]) == pytest.approx(float(np.median(torch.stack(values).numpy())), rel=1e-9, abs=1e-12)
+    assert not torch.equal(attack_eta(kd, sub, member), attack_eta(kd, sub, member, leave_one_out=True))
+
+
+def test_table3_official_ratio_success_and_distortion_by_hand():
+    """summarize_white_box on a hand-made result: the official ratio counts f2_attack > 0 among the
+    counted (clean correct AND target reached); success and distortion follow test_adv.py (full
+    success on the attack bank, over clean-correct inputs)."""
+    from rcedetect.attacks import CWWBResult
+    from rcedetect.evaluation.threat_models import summarize_white_box
+
+    x = torch.zeros(5, 1, 2, 2)
+    x_adv = x.clone()
+    x_adv[:, 0, 0, 0] = torch.tensor([0.2, 0.4, 0.6, 0.8, 1.0])  # distortion = 255 * v / 2
+    y = torch.tensor([0, 1, 2, 3, 4])
+    clean_pred = torch.tensor([0, 1, 2, 3, 0])                  # the last clean image is wrong
+    fooled = torch.tensor([True, True, True, False, True])
+    f2_attack = torch.tensor([0.0, 0.5, 0.0, 0.0, 0.0])
+    f2_full = torch.tensor([0.3, 0.5, 0.0, 0.0, 0.0])
+    result = CWWBResult(x_adv, fooled & (f2_full <= 0), f2_full, fooled, fooled, f2_attack, (y + 1) % 5)
+    row = summarize_white_box(result, x, y, clean_pred)
+    # counted = rows 0, 1, 2; f2_attack > 0 on row 1 only; full bank f2 > 0 on rows 0 and 1.
+    assert row["n_counted"] == 3
+    assert row["ratio_f2_positive_attack_bank_percent"] == pytest.approx(100 / 3)
+    assert row["ratio_f2_positive_percent"] == pytest.approx(200 / 3)
+    # official success: clean correct (rows 0-3) with fooled & f2_attack <= 0: rows 0, 2 -> 2 of 4.
+    assert row["success_percent"] == pytest.approx(50.0)
+    assert row["success_full_bank_percent"] == pytest.approx(25.0)   # row 2 only
+    assert row["mean_distortion_official"] == pytest.approx(255 * (0.1 + 0.3) / 2)
+
+
+def test_phase2_measures_l2_from_the_phase1_image_by_default_in_the_presets(monkeypatch):
+    """The presets run C&W-wb with l2_from="phase1" (carliniL2_specific.py: the L2 term is taken to
+    the image phase 2 starts from), and cw_wb then hands phase 2 x_ref = the phase-1 result."""
+    import importlib
+
+    cw_wb_module = importlib.import_module("rcedetect.attacks.cw_wb")
+    from rcedetect.reproduce.presets import get_preset
+
+    for dataset in ("mnist", "cifar10"):
+        for name in ("paper", "quick", "toy"):
+            assert get_preset(dataset, name).cwwb_settings_for(0.0)["l2_from"] == "phase1"
+    calls = []
+    real = cw_wb_module.cw_l2_search
+
+    def spy(model, x, target, **kwargs):
+        out = real(model, x, target, **kwargs)
+        calls.append((kwargs.get("x_ref"), out))
+        return out
+
+    monkeypatch.setattr(cw_wb_module, "cw_l2_search", spy)
+    from rcedetect.detectors import KernelDensity
+    from rcedetect.inference import batched_outputs
+    from rcedetect.models import ModelOutput
+
+    class Tiny(torch.nn.Module):  # forward_features like rcedetect's models: logits and 6-d features
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.body, self.head = torch.nn.Linear(16, 6), torch.nn.Linear(6, 3)
+
+        def forward_features(self, x):
+            z = torch.tanh(self.body(x.flatten(1)))
+            return ModelOutput(self.head(z), z)
+
+        def forward(self, x):
+            return self.forward_features(x).logits
+
+    model = Tiny().eval()
+    gen = torch.Generator().manual_seed(0)
+    train = torch.rand(60, 1, 4, 4, generator=gen)
+    out = batched_outputs(model, train, memory_format=torch.contiguous_format)
+    labels = torch.arange(60) % 3  # every class populated: the bank only needs features and labels
+    kd = KernelDensity(1.0, n_per_class=20, seed=0).fit(out, labels, num_classes=3)
+    x = torch.rand(4, 1, 4, 4, generator=gen)
+    y = batched_outputs(model, x, memory_format=torch.contiguous_format).logits.argmax(1)
+    for l2_from in ("phase1", "clean"):
+        calls.clear()
+        cw_wb_module.cw_wb(model, x, y, kd, l2_from=l2_from, binary_search_steps=1, max_iters=3,
+                           attack_bank_size=4, lr=0.1)
+        (ref1, phase1), (ref2, _) = calls
+        assert ref1 is None
+        assert torch.equal(ref2, phase1.x_adv if l2_from == "phase1" else x)

@@ -77,6 +77,7 @@ def test_eta_and_f2_match_float64_brute_force(kds):
     starts = np.cumsum([0] + counts[:-1])
     sub, member = attack_bank(kd, BANK, seed=3)
     got_attack = attack_eta(kd, sub, member).numpy()
+    got_attack_loo = attack_eta(kd, sub, member, leave_one_out=True).numpy()
     got_eval = detector_eta(kd).numpy()
     sub_bank = sub.bank_.double().numpy()
     sub_starts = np.cumsum([0] + sub.bank_counts_.tolist()[:-1])
@@ -84,10 +85,13 @@ def test_eta_and_f2_match_float64_brute_force(kds):
     for c in range(10):
         cls = bank[starts[c]:starts[c] + counts[c]]
         att = sub_bank[sub_starts[c]:sub_starts[c] + BANK]
-        # bank rows that are in the attack bank leave their own kernel out
+        # bank rows that are also in the attack bank (their own kernel is exp(0) = 1)
         skip = [int(np.flatnonzero((att == row).all(1))[0]) if (att == row).all(1).any() else -1 for row in cls]
         assert sum(s >= 0 for s in skip) == BANK
-        ref_attack = np.median(_neg_log_kd_numpy(cls, att, kd.bandwidth_sq, skip))
+        # The authors' median_for_attack.m keeps the self-kernel (default); leave_one_out drops it.
+        ref_attack = np.median(_neg_log_kd_numpy(cls, att, kd.bandwidth_sq, None))
+        ref_attack_loo = np.median(_neg_log_kd_numpy(cls, att, kd.bandwidth_sq, skip))
+        assert got_attack_loo[c] == pytest.approx(ref_attack_loo, rel=1e-6, abs=1e-6)
         ref_eval = np.median(_neg_log_kd_numpy(cls, cls, kd.bandwidth_sq, list(range(len(cls)))))
         assert got_attack[c] == pytest.approx(ref_attack, rel=1e-6, abs=1e-6)
         assert got_eval[c] == pytest.approx(ref_eval, rel=1e-6, abs=1e-6)

@@ -8,11 +8,13 @@ presets) are keyed by these members, and argparse takes `choices=Enum.choices()`
 
     Dataset        mnist, cifar10
     Objective      ce, rce                      (training loss; K-density's bandwidth depends on it)
-    Metric         confidence, non-me, kd       (the thresholding tests of section 3.4)
+    Metric         confidence, non-me, kd       (the thresholding tests of section 3.4 = PAPER_METRICS)
+                   lid, mahalanobis             (baseline detectors, detectors/lid.py, mahalanobis.py)
     Attack         fgsm, bim, ilcm, jsma, cw, cw-hc, rand, cw-wb, cw-wb-hc, adaptive-pgd
     PGDMethod      logit, selective, orthogonal (update rules of the detector-aware PGD)
     Norm           linf, l2, l0                 (attack distances)
     Preset         quick, paper, toy            (reproduction / training budgets)
+    TargetRule     least-likely, random         (the class a targeted attack aims at)
 """
 
 from enum import Enum
@@ -62,6 +64,12 @@ class Metric(Name):
     CONFIDENCE = "confidence"
     NON_ME = "non-me"
     KD = "kd"
+    LID = "lid"                    # baseline: Ma et al. 2018 (supervised, needs adversarial examples to fit)
+    MAHALANOBIS = "mahalanobis"    # baseline: Lee et al. 2018, unsupervised penultimate-layer form
+
+
+# The thresholding metrics of the paper (section 3.4): what its tables and the detect CLI compare.
+PAPER_METRICS = (Metric.CONFIDENCE, Metric.NON_ME, Metric.KD)
 
 
 class Attack(Name):
@@ -95,14 +103,20 @@ class Preset(Name):
     TOY = "toy"
 
 
+class TargetRule(Name):
+    LEAST_LIKELY = "least-likely"  # argmin F(x): ILCM, and JSMA in the authors' test_adv.py
+    RANDOM = "random"              # uniform over the classes != y: C&W, and JSMA in the paper's text
+
+
 _DISPLAY = {
     Dataset.MNIST: "MNIST", Dataset.CIFAR10: "CIFAR-10",
     Objective.CE: "CE", Objective.RCE: "RCE",
     Metric.CONFIDENCE: "Confidence", Metric.NON_ME: "non-ME", Metric.KD: "K-density",
+    Metric.LID: "LID", Metric.MAHALANOBIS: "Mahalanobis",
     Attack.FGSM: "FGSM", Attack.BIM: "BIM", Attack.ILCM: "ILCM", Attack.JSMA: "JSMA", Attack.CW: "C&W",
     Attack.CW_HC: "C&W-hc", Attack.RAND: "RAND", Attack.CW_WB: "C&W-wb", Attack.CW_WB_HC: "C&W-wb-hc",
     Attack.ADAPTIVE_PGD: "detector-aware PGD",
     Norm.LINF: "L∞", Norm.L2: "L2", Norm.L0: "L0",
 }
 
-__all__ = ["Name", "Dataset", "Objective", "Metric", "Attack", "PGDMethod", "Norm", "Preset"]
+__all__ = ["Name", "Dataset", "Objective", "Metric", "Attack", "PGDMethod", "Norm", "Preset", "TargetRule", "PAPER_METRICS"]

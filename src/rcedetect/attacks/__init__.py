@@ -5,7 +5,7 @@ Each attack is a plain function over a batch returning `AttackResult(x_adv, succ
     fgsm(model, x, y, *, eps)                                   L-inf, one step
     bim(model, x, y, *, eps, steps=10, step_size=None)          L-inf, iterative
     ilcm(model, x, *, eps, steps=10, step_size=None)            L-inf, towards the least-likely class
-    jsma(model, x, target, *, theta=1.0, gamma=0.1, max_iters=100)          L0, pairwise saliency map
+    jsma(model, x, target, *, theta=1.0, gamma=None, max_iters=100, mode="single")   L0, saliency map
     cw_l2(model, x, y=None, *, target=None, kappa=0.0, binary_search_steps=9, max_iters=10000,
           lr=1e-2, initial_const=1e-3, abort_early=True)        L2; C&W-hc is kappa=10
     random_noise(x, *, eps, seed)                               the RAND noisy examples
@@ -19,9 +19,10 @@ with one calling convention for all of them:
 
 The spec owns the attack's rules, so no caller needs to know attack names:
   * `eps` is the L-inf radius / noise amplitude, and JSMA's per-feature offset theta (section 2.3);
-  * random-class targets (JSMA, C&W, C&W-hc; the paper's "random class != y") are drawn by the spec
-    when `target` is None, as a function of each row's global index `start + i`, so attacking a set
-    in any chunking gives the same targets; ILCM computes its least-likely target itself;
+  * random-class targets (C&W, C&W-hc; the paper's "random class != y") are drawn by the spec when
+    `target` is None, as a function of each row's global index `start + i`, so attacking a set in any
+    chunking gives the same targets; JSMA aims at the least likely class as the authors' test_adv.py
+    does (`targets="random"` selects the random rule); ILCM computes its least-likely target itself;
   * an argument the attack does not use (eps, target, seed) or an unknown setting is refused with an
     `InputError` listing what it accepts. Settings not given keep the attack's (the paper's)
     defaults; `spec.defaults` holds the ones the spec itself changes (kappa=10 for C&W-hc).
@@ -34,7 +35,7 @@ from typing import Callable
 import torch
 
 from ..errors import InputError
-from ..names import Attack, Norm
+from ..names import Attack, Norm, TargetRule
 from .adaptive_pgd import DetectorAwareResult, detector_aware_pgd
 from .bim import bim
 from .cw import CWOutput, cw_l2, cw_l2_search
@@ -87,6 +88,10 @@ def _least_likely_targets(model, x, y, seed, start):
         return least_likely_class(model, x)
 
 
+TARGET_RULES = MappingProxyType({TargetRule.RANDOM: _random_class_targets,
+                                 TargetRule.LEAST_LIKELY: _least_likely_targets})
+
+
 # Arguments of the attack functions that the calling convention itself supplies (never settings).
 _SUPPLIED = frozenset({"eps", "seed", "target", "model", "y"})
 
@@ -101,7 +106,9 @@ class AttackSpec:
     eps_required: `eps` must be given. target_rule: `(model, x, y, seed, start) -> targets`, None for
     untargeted attacks. draws_targets: the spec draws the targets itself when none are given (the
     random-class attacks: `target` and `seed` apply); otherwise the attack takes no `target`.
-    uses_seed: the result depends on `seed` (random targets, noise).
+    uses_seed: the result depends on `seed` (random targets, noise). target_choices: the `TargetRule`s
+    the `targets=` setting may select instead of `target_rule` (JSMA: the authors' least-likely class
+    or the paper text's random class).
     """
 
     name: Attack
@@ -113,6 +120,7 @@ class AttackSpec:
     target_rule: Callable = None
     draws_targets: bool = False
     uses_seed: bool = False
+    target_choices: tuple = ()
     defaults: MappingProxyType = field(default_factory=lambda: MappingProxyType({}))
     description: str = ""
 
@@ -134,14 +142,26 @@ class AttackSpec:
     @property
     def settings(self) -> tuple:
         """The keyword settings the attack accepts besides eps / target / seed."""
-        return tuple(s for s in _keyword_only(self.function) if s not in _SUPPLIED)
+        own = tuple(s for s in _keyword_only(self.function) if s not in _SUPPLIED)
+        return own + (("targets",) if self.target_choices else ())
 
-    def targets(self, model, x: torch.Tensor, y: torch.Tensor, *, seed: int = 0, start: int = 0):
+    def rule(self, targets=None) -> Callable:
+        """The target rule: `target_rule`, or the `TargetRule` named by the `targets=` setting."""
+        if targets is None:
+            return self.target_rule
+        rule = TargetRule.coerce(targets, "target rule")
+        if rule not in self.target_choices:
+            raise InputError(f"attack {self.name} aims at {' or '.join(self.target_choices)} classes, "
+                             f"not {rule}: drop targets= or choose one of those")
+        return TARGET_RULES[rule]
+
+    def targets(self, model, x: torch.Tensor, y: torch.Tensor, *, seed: int = 0, start: int = 0, rule=None):
         """The classes the attack aims at (N,), or None for untargeted attacks. Random-class targets
-        depend only on `seed` and each row's global index `start + i`."""
-        if self.target_rule is None:
+        depend only on `seed` and each row's global index `start + i`; `rule`: a `TargetRule`."""
+        chosen = self.rule(rule)
+        if chosen is None:
             return None
-        return self.target_rule(model, x, y, 0 if seed is None else seed, start)
+        return chosen(model, x, y, 0 if seed is None else seed, start)
 
     def check_arguments(self, *, eps=None, target=None, seed=None, settings=None) -> None:
         """Refuse, with one `InputError`, what this attack does not take (see the module docstring)."""
@@ -168,10 +188,11 @@ class AttackSpec:
         self.check_arguments(eps=eps, target=target, seed=seed, settings=settings)
         seed = 0 if seed is None else seed
         settings = {**self.defaults, **settings}
+        rule = settings.pop("targets", None)
         if eps is not None:
             settings[self.eps_setting] = eps
         if self.draws_targets and target is None:
-            target = self.targets(model, x, y, seed=seed, start=start)
+            target = self.targets(model, x, y, seed=seed, start=start, rule=rule)
         return self.run(model, x, y, target=target, seed=seed, **settings)
 
 
@@ -186,9 +207,11 @@ def _linf(name, run, function, description, *, target_rule=None, uses_seed=False
                       description=description)
 
 
-def _random_target(name, run, function, distance, description, *, eps_setting=None, defaults=None):
-    return AttackSpec(name, run, function, distance, eps_setting, False, _random_class_targets, draws_targets=True,
-                      uses_seed=True, defaults=MappingProxyType(dict(defaults or {})), description=description)
+def _random_target(name, run, function, distance, description, *, eps_setting=None, defaults=None,
+                   target_rule=_random_class_targets, target_choices=()):
+    return AttackSpec(name, run, function, distance, eps_setting, False, target_rule, draws_targets=True,
+                      uses_seed=True, target_choices=tuple(target_choices),
+                      defaults=MappingProxyType(dict(defaults or {})), description=description)
 
 
 ATTACKS = {
@@ -197,8 +220,10 @@ ATTACKS = {
     Attack.ILCM: _linf(Attack.ILCM, _run_ilcm, ilcm, "iterative least-likely class, Kurakin et al. 2017a",
                        target_rule=_least_likely_targets),
     Attack.JSMA: _random_target(Attack.JSMA, _run_jsma, jsma, Norm.L0,
-                                "pairwise JSMA, Papernot et al. 2016b; eps = theta; random target != y",
-                                eps_setting="theta"),
+                                "JSMA, Papernot et al. 2016b: the authors' single-feature map towards the least "
+                                "likely class (targets=random: a random class != y); eps = theta",
+                                eps_setting="theta", target_rule=_least_likely_targets,
+                                target_choices=(TargetRule.LEAST_LIKELY, TargetRule.RANDOM)),
     Attack.CW: _random_target(Attack.CW, _run_cw, cw_l2, Norm.L2, "C&W-L2, Carlini & Wagner 2017a; random target != y"),
     Attack.CW_HC: _random_target(Attack.CW_HC, _run_cw, cw_l2, Norm.L2,
                                  "high-confidence C&W-L2 (kappa=10); random target != y", defaults={"kappa": 10.0}),

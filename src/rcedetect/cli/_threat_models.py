@@ -19,7 +19,7 @@ crafting; `rcedetect threat-models` uses held-out ones).
 
 from types import MappingProxyType
 
-from ..names import Attack, Metric, Norm, PGDMethod
+from ..names import PAPER_METRICS, Attack, Metric, Norm, PGDMethod
 from ._common import print_notes
 
 # CLI option -> (keyword, attacks it applies to); unset options keep the attack's defaults.
@@ -77,7 +77,7 @@ def add_arguments(parser) -> None:
     from ..attacks.cw_wb import L2_REFERENCES
 
     group = parser.add_argument_group("threat models: cw-wb, cw-wb-hc (C&W-wb, kappa 0 / 5), adaptive-pgd")
-    group.add_argument("--detector", choices=Metric.choices(), default=None,
+    group.add_argument("--detector", choices=[m.value for m in PAPER_METRICS], default=None,
                        help="detector attacked/judging (cw-wb: kd only; adaptive-pgd: any; default kd)")
     group.add_argument("--substitute", default=None, metavar="CHECKPOINT",
                        help="black-box transfer: craft on this checkpoint (with its own detector) and evaluate "

@@ -11,7 +11,7 @@ from --seed and each row's global index, so --batch-size never changes them.
 
 import time
 
-from ..names import Attack
+from ..names import Attack, TargetRule
 from . import _threat_models
 
 # CLI option -> (attack keyword, attacks it applies to). Options left unset keep the attack's defaults.
@@ -28,6 +28,8 @@ SETTINGS = {
     "initial_const": ("initial_const", _CW),
     "abort_early": ("abort_early", _CW),
     "jsma_output": ("output", (Attack.JSMA,)),
+    "jsma_mode": ("mode", (Attack.JSMA,)),
+    "jsma_targets": ("targets", (Attack.JSMA,)),
 }
 
 
@@ -58,13 +60,17 @@ def register(subparsers) -> None:
     group.add_argument("--steps", type=int, help="bim/ilcm iterations (default 10)")
     group.add_argument("--step-size", type=float, help="bim/ilcm step (default eps/steps)")
     group.add_argument("--theta", type=float, help="jsma feature change (default +1)")
-    group.add_argument("--gamma", type=float, help="jsma largest fraction of changed features (default 0.1)")
+    group.add_argument("--gamma", type=float, help="jsma largest fraction of changed features (default: no cap)")
+    group.add_argument("--jsma-mode", choices=("single", "pair"),
+                       help="jsma: the authors' single-feature map (default) or Papernot's pairwise map")
+    group.add_argument("--jsma-targets", choices=TargetRule.choices(),
+                       help="jsma: aim at the least-likely class (default, the authors') or a random class")
     group.add_argument("--jsma-output", choices=("probs", "logits"), help="jsma saliency on softmax (default) or logits")
     group.add_argument("--max-iters", type=int, help="jsma iterations (100) or C&W steps per binary step (10000)")
     group.add_argument("--kappa", type=float, help="C&W confidence margin (cw 0, cw-hc 10)")
     group.add_argument("--binary-search-steps", type=int, help="C&W binary search steps over c (default 9)")
     group.add_argument("--lr", type=float, help="C&W Adam learning rate (default 0.01)")
-    group.add_argument("--initial-const", type=float, help="C&W initial c (default 0.001)")
+    group.add_argument("--initial-const", type=float, help="C&W initial c (default 0.001, Carlini's; the presets use the authors' 1.0)")
     group.add_argument("--no-abort-early", dest="abort_early", action="store_const", const=False, default=None,
                        help="C&W: run every iteration even when the loss has stopped improving")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bar")

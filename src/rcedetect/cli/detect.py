@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError
-from ..names import Metric
+from ..names import PAPER_METRICS, Metric
 from ._common import add_checkpoint_argument, add_data_dir_argument, add_device_argument, print_notes
 
 REPORT_QUANTILES = (0.0, 0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 1.0)
@@ -35,7 +35,7 @@ def register(subparsers) -> None:
         description="Thresholding detector of Pang et al. 2018: print the label or NOT SURE for each input, "
                     "or (--report) the clean-data score distributions and the measured false-positive rate.")
     add_checkpoint_argument(parser)
-    parser.add_argument("--metric", choices=Metric.choices(), default=None,
+    parser.add_argument("--metric", choices=[m.value for m in PAPER_METRICS], default=None,
                         help="detection metric (default: kd; with --report all three)")
     mode = parser.add_mutually_exclusive_group(required=True)
     mode.add_argument("--input", help="a PNG image, or a batch as .npy / .pt, shaped (N, C, H, W), (C, H, W) or (H, W)")
@@ -279,7 +279,7 @@ def run(args) -> int:
     session = _session(args, ckpt, device)
 
     if args.report:
-        report = _report(session, [args.metric] if args.metric else Metric.choices())
+        report = _report(session, [args.metric] if args.metric else [m.value for m in PAPER_METRICS])
         out = Path(args.output) if args.output else ckpt.directory / "detect-report.json"
         atomic_write_json(out, report)
         if args.json_stdout:

@@ -17,7 +17,7 @@ run keeps what it finished. Definitions: `rcedetect.evaluation.threat_models`.
 import json
 from pathlib import Path
 
-from ..names import Metric, Norm, PGDMethod
+from ..names import PAPER_METRICS, Metric, Norm, PGDMethod
 from ._common import add_data_dir_argument, add_device_argument, print_notes
 from ._threat_models import add_detector_arguments, detector_settings
 
@@ -59,7 +59,7 @@ def register(subparsers) -> None:
     pgd.add_argument("--eps", type=float, nargs="+", default=[0.0, 0.1, 0.2, 0.3],
                      help="radii in [0, 1] pixel units (default: 0 0.1 0.2 0.3)")
     pgd.add_argument("--norm", choices=(Norm.LINF.value, Norm.L2.value), default=Norm.LINF.value)
-    pgd.add_argument("--metrics", nargs="+", choices=Metric.choices(), default=list(Metric.choices()))
+    pgd.add_argument("--metrics", nargs="+", choices=[m.value for m in PAPER_METRICS], default=[m.value for m in PAPER_METRICS])
     pgd.add_argument("--pgd-steps", type=int, default=100)
     pgd.add_argument("--restarts", type=int, default=1)
     pgd.add_argument("--methods", nargs="+", choices=PGDMethod.choices(), default=list(PGDMethod.choices()),

@@ -12,6 +12,9 @@ Metric functions (`confidence`, `non_me`, `KernelDensity.log_density`) are batch
 
 from ..errors import check_keywords
 from ..names import Metric, Objective
+from .lid import LIDDetector, lid_mle, minibatch_lids
+from .mahalanobis import MAGNITUDES, MahalanobisDetector, MahalanobisMetric, preprocess_inputs
+from .taps import LayerTaps, TappedOutput, collect_layer_features, default_layers
 from .kernel_density import DEFAULT_BANDWIDTH_SQ, KernelDensity, default_bandwidth_sq, select_bandwidth
 from .metrics import ConfidenceMetric, NonMEMetric, confidence, confidence_log_odds, max_non_me, non_me
 from .persistence import detector_paths, load_detector, save_detector
@@ -27,6 +30,12 @@ def _stateless(cls):
     return factory
 
 
+def _lid_detector(objective=None, **settings):
+    """`LIDDetector(**settings)`: k, batch_size, Cs, cv, max_iter, seed (it is fitted on adversarial examples)."""
+    check_keywords(LIDDetector, settings, "metric lid")
+    return LIDDetector(**settings)
+
+
 def _kd_metric(objective=Objective.CE, **settings):
     """`KernelDensity.for_objective(objective, **settings)`: bandwidth_sq, n_per_class, seed, chunk_size."""
     return KernelDensity.for_objective(objective, **settings)
@@ -38,6 +47,10 @@ METRICS = {
     Metric.CONFIDENCE: _stateless(ConfidenceMetric),
     Metric.NON_ME: _stateless(NonMEMetric),
     Metric.KD: _kd_metric,
+    # Baselines (beyond the paper): Mahalanobis' unsupervised penultimate-layer form is a plain metric;
+    # LID must be fitted on adversarial examples (`LIDDetector.fit`) before a threshold can be set.
+    Metric.MAHALANOBIS: _stateless(MahalanobisMetric),
+    Metric.LID: _lid_detector,
 }
 
 __all__ = [
@@ -46,4 +59,6 @@ __all__ = [
     "ConfidenceMetric", "NonMEMetric", "KernelDensity", "default_bandwidth_sq", "select_bandwidth",
     "ThresholdDetector", "threshold_at_fpr", "SelectiveClassifier", "collect_outputs",
     "save_detector", "load_detector", "detector_paths",
+    "LIDDetector", "lid_mle", "minibatch_lids", "MAGNITUDES", "MahalanobisDetector", "MahalanobisMetric",
+    "preprocess_inputs", "LayerTaps", "TappedOutput", "collect_layer_features", "default_layers",
 ]

@@ -15,12 +15,15 @@ from .. import __version__
 from ..errors import CheckpointError
 from ..files import atomic_save_tensors, atomic_write_json, read_tensors, sha256_file
 from .kernel_density import KernelDensity
+from .lid import LIDDetector
+from .mahalanobis import MahalanobisDetector, MahalanobisMetric
 from ..names import Metric
 from .metrics import ConfidenceMetric, NonMEMetric
 from .threshold import ThresholdDetector
 
 FORMAT = "rcedetect-detector-v1"
-METRIC_TYPES = {cls.name: cls for cls in (ConfidenceMetric, NonMEMetric, KernelDensity)}
+METRIC_TYPES = {cls.name: cls for cls in (ConfidenceMetric, NonMEMetric, KernelDensity, MahalanobisMetric, LIDDetector,
+                                           MahalanobisDetector)}
 
 
 def detector_paths(directory, metric_name: str):

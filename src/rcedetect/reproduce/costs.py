@@ -59,6 +59,13 @@ class CostModel:
         return (settings.get("binary_search_steps", 9) * settings.get("max_iters", 1000) * self.early_abort
                 * self.cw_iteration)
 
+    def cwwb_gradients(self, settings) -> float:
+        """Gradient-equivalents per image of C&W-wb: phase 1 (its `phase1_*` budget, else the same) + phase 2."""
+        phase1 = {"binary_search_steps": settings.get("phase1_binary_search_steps",
+                                                      settings.get("binary_search_steps", 9)),
+                  "max_iters": settings.get("phase1_max_iters", settings.get("max_iters", 1000))}
+        return self.cw_gradients(phase1) + self.cw_gradients(settings)
+
     def attack_gradients(self, attack, settings) -> float:
         """Gradient-equivalents per image of one run of `attack` with `settings`."""
         return _ATTACK_GRADIENTS[Attack.coerce(attack)](self, settings)

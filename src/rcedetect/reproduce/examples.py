@@ -43,7 +43,7 @@ def attack_examples(ctx, which: int, objective, attack, n: int, *, eps=None, set
 def cwwb_config(ctx, kappa: float, objective) -> dict:
     """What the C&W-wb examples of the main model depend on (the key of their cache)."""
     return {"model": ctx.model_identity(0, objective), "kd": ctx.kd_params(objective), "kappa": float(kappa),
-            "n": ctx.preset.cwwb_n, "settings": dict(ctx.preset.cwwb_settings), "seed": ctx.seed}
+            "n": ctx.preset.cwwb_n, "settings": ctx.preset.cwwb_settings_for(kappa), "seed": ctx.seed}
 
 
 def cwwb_chunk(ctx, kappa: float, objective):
@@ -53,7 +53,7 @@ def cwwb_chunk(ctx, kappa: float, objective):
 
     def chunk(start, stop):
         result = run_cw_wb(model, kd, ctx.on_device(x[start:stop]), y[start:stop].to(ctx.device), kappa=float(kappa),
-                           seed=ctx.seed, start=start, **ctx.preset.cwwb_settings)
+                           seed=ctx.seed, start=start, **ctx.preset.cwwb_settings_for(kappa))
         return result._asdict()
 
     return chunk

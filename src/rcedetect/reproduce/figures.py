@@ -81,10 +81,30 @@ def figure3_accuracy(records, out: Path):
         ax.set_xlabel("theta (per-feature offset)" if res.get("x_axis") == "theta" else "eps (L-inf, [0, 1] units)")
         ax.set_ylabel("accuracy on adversarial examples (%)")
         ax.set_ylim(-2, 102)
+        # Ticks at the cell's own grid (e.g. 0.005-0.04 on CIFAR-10), however fine it is.
+        _grid_ticks(ax, [0.0] + list(res["eps"]))
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)
     fig.tight_layout()
     return _save(fig, out / "figure3_accuracy_vs_eps.png")
+
+
+def _grid_ticks(ax, grid, max_labels: int = 8):
+    """x ticks at every grid point, labelled with as many decimals as the grid needs; with a dense grid
+    only every k-th point is labelled so that the labels never overlap."""
+    grid = sorted(set(float(g) for g in grid))
+    decimals = max(_decimals(g) for g in grid)
+    step = max(1, -(-len(grid) // max_labels))
+    ax.set_xticks(grid)
+    ax.set_xticklabels([f"{g:.{decimals}f}" if i % step == 0 or i == len(grid) - 1 else ""
+                        for i, g in enumerate(grid)], fontsize=7, rotation=45 if decimals >= 3 else 0)
+
+
+def _decimals(value: float, most: int = 4) -> int:
+    for d in range(most + 1):
+        if abs(round(value, d) - value) < 1e-9:
+            return d
+    return most
 
 
 def figure4_examples(records, out: Path):
@@ -107,10 +127,14 @@ def figure4_examples(records, out: Path):
             ax.set_xticks([])
             ax.set_yticks([])
             if info is not None:
-                ax.set_title(f"{info['distortion'][col]:.1f}", fontsize=7)
+                # A failed C&W-wb attack returns its input unchanged: say so instead of showing a "clean" tile.
+                dist = info["distortion"][col]
+                failed = dist is not None and dist == 0
+                ax.set_title("attack failed" if failed else f"{dist:.1f}", fontsize=7,
+                             color="#d62728" if failed else "black")
             if col == 0:
                 ax.set_ylabel(name)
-    fig.suptitle("C&W-wb examples (title: RMS distortion, 0-255 scale)", fontsize=9)
+    fig.suptitle("C&W-wb examples (title: RMS distortion, 0-255 scale; \"attack failed\": image unchanged)", fontsize=9)
     return _save(fig, out / "figure4_cwwb_examples.png")
 
 
@@ -149,6 +173,26 @@ def _counted_kd(res):
     return np.asarray(pe[schema.ADV_SCORES][Metric.KD])[schema.counted(pe)]
 
 
+# The x-range of the K-density histograms: a few far outliers (e.g. one adversarial example with a
+# tiny K-density) would otherwise squeeze every distribution into one bin. The range is the pooled
+# 1st-99th percentiles widened by CLIP_MARGIN of their span (within the data's own range), so that
+# only values well outside the bulk are clipped.
+CLIP_PERCENTILES = (1.0, 99.0)
+CLIP_MARGIN = 0.1
+
+
+def _robust_range(values):
+    """The histogram x-range of pooled `values` (see CLIP_PERCENTILES); the full range if degenerate."""
+    finite = values[np.isfinite(values)]
+    if finite.size == 0:
+        return 0.0, 1.0
+    p_lo, p_hi = np.percentile(finite, CLIP_PERCENTILES)
+    if not p_hi > p_lo:
+        return float(finite.min()), float(finite.max())
+    margin = CLIP_MARGIN * (p_hi - p_lo)
+    return float(max(finite.min(), p_lo - margin)), float(min(finite.max(), p_hi + margin))
+
+
 def appendix_figures2_3_histograms(records, out: Path):
     if any(_result(records, schema.rand_cell(o)) is None for o in OBJECTIVES):
         return None
@@ -163,15 +207,23 @@ def appendix_figures2_3_histograms(records, out: Path):
                 values = _counted_kd(res)
                 if values.size:
                     series.append((attack.display, values))
-        lo = min(v.min() for _, v in series)
-        hi = max(v.max() for _, v in series)
+        lo, hi = _robust_range(np.concatenate([v for _, v in series]))
         bins = np.linspace(lo, hi, 40) if hi > lo else 10
+        clipped_total = 0
         for i, (name, values) in enumerate(series):
             style = {"histtype": "stepfilled", "alpha": 0.35} if i < 2 else {"histtype": "step", "lw": 1.3}
-            ax.hist(values, bins=bins, label=f"{name} ({values.size})", **style)
+            finite = values[np.isfinite(values)] if values.size else values
+            clipped = int(values.size - np.count_nonzero((finite >= lo) & (finite <= hi)))
+            clipped_total += clipped
+            # Outliers go into the edge bins (and -inf, a K-density underflow, into the lowest).
+            shown = np.clip(np.where(np.isfinite(values), values, lo), lo, hi)
+            extra = f", {clipped} clipped" if clipped else ""
+            ax.hist(shown, bins=bins, label=f"{name} ({values.size}{extra})", **style)
         ax.set_xlabel("log K-density (natural log)")
         ax.set_ylabel("number of images")
-        ax.set_title(f"ResNet-{_depth(records, obj)} ({obj.display})")
+        note = (f"\n{clipped_total} outliers (beyond the pooled {CLIP_PERCENTILES[0]:g}-{CLIP_PERCENTILES[1]:g}th "
+                f"percentiles + {100 * CLIP_MARGIN:g} %) drawn in the edge bins" if clipped_total else "")
+        ax.set_title(f"ResNet-{_depth(records, obj)} ({obj.display}){note}", fontsize=9)
         ax.legend(fontsize=7)
     fig.tight_layout()
     return _save(fig, out / "appendix_figures2_3_kd_histograms.png")

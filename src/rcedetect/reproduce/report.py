@@ -1,9 +1,11 @@
 """`rcedetect report RUN`: a Markdown + HTML report rendered from the run's JSON only.
 
-    render_report(run_dir) -> {"markdown": RUN/report.md, "html": RUN/report.html, "figures": {...}}
+    render_report(run_dir) -> {"markdown": RUN/report.md, "html": RUN/report.html, "checks": RUN/checks.json,
+                               "figures": {...}}
 
-Our tables side by side with the paper's numbers (`paper_values`), the figures (`figures`), the
-settings, and what the numbers mean and do not mean at the run's scale. AUCs carry a 95 % bootstrap
+The sanity checks of the evaluation first (`checks`), then the protocol (every choice the paper
+leaves open, against the authors' code), our tables side by side with the paper's numbers
+(`paper_values`), the figures (`figures`), the settings, and what the numbers mean and do not mean at the run's scale. AUCs carry a 95 % bootstrap
 interval over the counted pairs (paired resampling, 500 draws, seeded), computed here from the
 per-example scores stored in the cells: the spread a reader needs to judge a difference at small n.
 """
@@ -23,13 +25,16 @@ from .. import __version__
 from ..checkpoints import atomic_write_bytes
 from ..errors import InputError
 from . import paper_values as paper
-from ..names import Attack, Dataset, Metric, Objective
+from ..names import Attack, Dataset, Metric, Objective, TargetRule
 from . import schema
+from .checks import FAIL, sanity_checks, to_json
 from .figures import make_figures
 from .schema import METRICS, OBJECTIVES, TABLE2_ATTACKS
 from .store import CellStore
 
 BOOTSTRAP = 500
+# The metrics whose scores can tie between a clean and an adversarial input (saturation / underflow).
+TIE_METRICS = (Metric.CONFIDENCE, Metric.KD)
 
 
 # ------------------------------------------------------------------------------------ numbers
@@ -185,6 +190,7 @@ class _Report:
         self.settings = info.get("settings", {})
         self.dataset = Dataset.coerce(info["dataset"])
         self.depths = self.settings.get("depths", [32, 56])
+        self.checks = sanity_checks(records)
         self.doc = Doc()
 
     def res(self, name):
@@ -218,6 +224,157 @@ class _Report:
             ["rcedetect version / git commit", f"{__version__} / {', '.join(commits)}"],
         ])
 
+    def sanity(self):
+        d = self.doc
+        d.h(2, "Sanity checks — can this evaluation be trusted?")
+        d.p("Computed from the cells by `rcedetect.reproduce.checks` (after Carlini et al. 2019, *On Evaluating "
+            "Adversarial Robustness*, and AutoAttack's checks) and stored in `checks.json`. A failing check stops "
+            "nothing: it says which numbers below must not be read at face value. *n/a*: the cells it needs are "
+            "not in this run.")
+        d.table(["check", "status", "detail"],
+                [[c.name, f"**{c.status}**" if c.status == FAIL else c.status, c.detail] for c in self.checks])
+        failed = [c for c in self.checks if c.status == FAIL]
+        if failed:
+            d.p(f"**{len(failed)} of {len(self.checks)} checks FAIL.** What each failure means for the numbers "
+                f"of this report:")
+            d.bullets([f"**{c.name}** — {c.meaning}" for c in failed])
+
+    def cell_settings(self, name, fallback: dict) -> dict:
+        """The attack settings one cell ran with (its result, else its config), else `fallback` (the run's)."""
+        record = self.records.get(name) or {}
+        for source in (record.get("result", {}), record.get("config", {})):
+            if source.get("settings"):
+                return dict(source["settings"])
+        return dict(fallback)
+
+    def attack_settings(self, attack) -> dict:
+        """Table 2's settings of `attack` (as its CE cell ran it)."""
+        return self.cell_settings(schema.table2_cell(attack, Objective.CE),
+                                  self.settings.get("attack_settings", {}).get(attack, {}))
+
+    def jsma_settings(self):
+        # The attack's defaults where a cell does not name them (jsma(mode="single"), least-likely targets).
+        return {"mode": "single", "targets": TargetRule.LEAST_LIKELY.value, **self.attack_settings(Attack.JSMA)}
+
+    def jsma_budget(self) -> str:
+        s = self.jsma_settings()
+        per_iter = 2 if s["mode"] == "pair" else 1
+        return f"≤ {per_iter * s.get('max_iters', 100)} pixels"
+
+    def cwwb_settings(self, kappa) -> dict:
+        """C&W-wb's settings at margin `kappa` (as the CE cell of Table 3 ran it)."""
+        return self.cell_settings(schema.table3_cell(kappa, Objective.CE), self.settings.get("cwwb_settings", {}))
+
+    def cwwb_budget(self, kappa=0.0) -> str:
+        w = self.cwwb_settings(kappa)
+        bss, iters = w.get("binary_search_steps", "?"), w.get("max_iters", "?")
+        p1 = (w.get("phase1_binary_search_steps") or bss, w.get("phase1_max_iters") or iters)
+        return f"{p1[0]} × {p1[1]} + {bss} × {iters}"
+
+    def protocol(self):
+        d = self.doc
+        s = self.settings
+        d.h(2, "Protocol — every choice the paper leaves open")
+        d.p("Where the paper is silent, what this run did (read from `run.json` and the cells) and what the "
+            "authors' code (github.com/P2333/Reverse-Cross-Entropy, TF1 + MATLAB; images in [−0.5, 0.5], so every "
+            "ε is the same number as in our [0, 1] units) does, with the file it is read from. `docs/protocol.md` "
+            "holds the same list in static form.")
+        jsma = self.jsma_settings()
+        mode_text = ("single-feature map (one feature per iteration)" if jsma["mode"] == "single"
+                     else "pairwise map (two features per iteration)")
+        theta = jsma.get("theta", s.get("eps", {}).get(Attack.JSMA))
+        cw_rows = []
+        for attack in (Attack.CW, Attack.CW_HC):
+            c = self.attack_settings(attack)
+            reduced = c.get("max_iters", 10_000) < 10_000 or c.get("binary_search_steps", 9) < 9 or c.get("lr", 0.01) != 0.01
+            cw_rows.append(f"{attack.display}: {c.get('binary_search_steps', '?')} × {c.get('max_iters', '?')} "
+                           f"from c₀ = {c.get('initial_const', 1e-3):g}, Adam lr {c.get('lr', 0.01):g}"
+                           + (" (this preset's reduced budget, not the authors')" if reduced else ""))
+        eps = s.get("eps", {})
+        eps_text = ", ".join(f"{a.display} {eps[a]:g}" for a in TABLE2_ATTACKS if eps.get(a) is not None) or "?"
+        train = [(self.records.get(schema.train_cell(self.depths[0], o)) or {}) for o in OBJECTIVES]
+        model = (train[0].get("config", {}) or {}).get("model", {}) if train else {}
+        augment = model.get("augment", "?")
+        augment_text = {False: "none", True: "resize (40×40 bilinear zoom, then random 32×32 crop)"}.get(
+            augment, f"`{augment}`") if isinstance(augment, (bool, str)) else "?"
+        lr_text = (f"momentum SGD, lr {model.get('lr_values')} at steps {model.get('lr_boundaries')}, "
+                   f"{model.get('steps')} steps, batch {model.get('batch_size')}" if model else "?")
+        rows = [
+            ["JSMA saliency map and target",
+             f"{mode_text}, `{jsma['targets']}` target, ≤ {jsma.get('max_iters', '?')} iterations, θ = "
+             f"{theta if theta is not None else '?'}"
+             + ("; a pixel may be chosen again until it saturates" if jsma["mode"] == "single" else ""),
+             "single-feature map, least-likely target (argmin softmax), 100 iterations, pixels reused until "
+             "saturated, θ = the sweep's ε (`attacks/jsma.py` 60-120, `test_adv.py` 54, 134-144)"],
+            ["C&W and C&W-hc budget and initial constant", "; ".join(cw_rows),
+             "c₀ = 1.0, 9 binary-search steps, κ 0 / 10, lr 0.01; C&W-hc 10 000 iterations, the published C&W "
+             "call `max_iterations=10` (appendix B.2 says 10 000) (`test_adv.py` 358-365)"],
+        ]
+        for kappa in s.get("cwwb_kappas", [0.0, 5.0]):
+            w = self.cwwb_settings(kappa)
+
+            def get(key, default, w=w):
+                value = w.get(key)
+                return default if value is None else value
+
+            bss, iters, c0 = get("binary_search_steps", "?"), get("max_iters", "?"), get("initial_const", 1.0)
+            p1 = (get("phase1_binary_search_steps", bss), get("phase1_max_iters", iters),
+                  get("phase1_initial_const", c0))
+            official = ("phase 1 c₀ = 1, 3 × 5 000; phase 2 c₀ = 1, 8 × 10 000 (`test_adv.py` 368-382)" if kappa == 0
+                        else "phase 1 c₀ = 10, 3 × 5 000; phase 2 c₀ = 100, 9 × 10 000 (`test_adv.py` 384-397)")
+            rows.append([f"C&W-wb phases, κ = {kappa:g}",
+                         f"phase 1 {p1[0]} × {p1[1]} from c₀ = {p1[2]:g}; phase 2 {bss} × {iters} from c₀ = {c0:g}; "
+                         f"Adam lr {get('lr', 0.01):g}", official])
+        w0 = self.cwwb_settings(0.0)
+        l2_from = w0.get("l2_from") or "clean"
+        rows += [
+            ["C&W-wb phase-2 L2 reference",
+             "the phase-1 image" if l2_from == "phase1" else "the clean image (`l2_from=\"clean\"`)",
+             "the phase-1 image x₁ (phase 2 starts at and is measured from x₁) (`carliniL2_specific.py` 104-105, "
+             "206; `test_adv.py` 424, 436)"],
+            ["C&W-wb attack bank and η",
+             f"{w0.get('attack_bank_size', '?')} training features per class drawn from the detector's bank; η from "
+             f"that bank", "100 points per class drawn from the 1 000-per-class bank; η = median over the class's "
+             "training points of KD against the 100-point bank, self-kernels kept (`select_kernel_for_attack.m` "
+             "3-12, `median_for_attack.m` 13-30)"],
+            ["Table 3 ratio, success and distortion",
+             "ratio f2 > 0 on the attack bank (official) and on the full bank with leave-one-out η (ours, "
+             "stricter); success and distortion over clean-correct inputs whose attack fully succeeded on the "
+             "attack bank when the cells record it",
+             "ratio on the attack bank; success = target reached and f2 ≤ 0 on the attack bank; distortion = "
+             "mean over successful, clean-correct inputs (`carliniL2_specific.py` 280-287, `test_adv.py` 488-499)"],
+            ["Table 2 ε (L∞ budget / JSMA θ)", eps_text,
+             "sweep ε = 0.02k + 0.02 (`test_adv.py` 596-597); the AUCs at ε = 0.16 (`auc_of_roc_RCE.m` 7, "
+             "`eps_round = 8`). Distortion matching: the paper's BIM / ILCM distortions (6.80 / 6.57) correspond "
+             "to ε ≈ 0.04, FGSM's 26.9 to ε ≈ 0.14, JSMA's 12.1 to θ ≈ 0.02 (measured, `docs/protocol.md`)"],
+            ["Table 2 distortion",
+             "mean RMS over **all** attacked images (the official print), the counted-pairs mean beside it",
+             "`np.mean(L2_distance)` over all attacked images, no success filter (`test_adv.py` 653)"],
+            ["Table 2 counting filter", "clean classified correctly and adversarial misclassified",
+             "the same (`auc_of_roc_RCE.m` 39-48)"],
+            ["AUC ties", "ties count ½ (standard AUC); the AUC.m rule beside it where the cells record it",
+             "every clean/adversarial tie counts 0: P(clean > adversarial) (`Matlab_scripts/AUC.m` 2-17, "
+             "`auc_of_roc_RCE.m` 74-86)"],
+            ["ILCM loss", "textbook cross-entropy to the least-likely class, 10 steps of ε/10",
+             "target one-hot with on/off values +0.5 / −0.5; TF's gradient makes it CE + 0.5 Σ logits, "
+             "measured indistinguishable from textbook (`attacks/tgsm.py` 31-51, `test_adv.py` 129-132)"],
+            ["FGSM / BIM label", "the true label", "argmax of the prediction (`attacks/fgsm.py` 28-45); equal on "
+             "the clean-correct inputs the counting filter keeps"],
+            ["C&W targets", "uniform random class ≠ true label, seeded per image",
+             "uniform random class ≠ true label, unseeded (`test_adv.py` 412-417)"],
+            ["CIFAR-10 augmentation",
+             augment_text if self.dataset == Dataset.CIFAR10 else "none (MNIST)",
+             "zero-pad to 36×36, random 32×32 crop, random horizontal flip (`cifar_input.py` 50-54)"],
+            [f"Training schedule (ResNet-{self.depths[0]})", lr_text, "the paper: 20 000 (MNIST) / 90 000 (CIFAR-10) steps"],
+        ]
+        d.table(["choice", "this run", "authors' code"], rows)
+        d.p("Choices that are ours (no counterpart in the authors' code): confidence is ranked by its log-odds "
+            "(same order as F(x)_ŷ, no float32 ties at 1.0); K-density is scored against the *predicted* class "
+            f"with σ² = 1/0.26 (CE) and 0.1/0.26 (RCE) on {s.get('kd_per_class', '?')} random training features "
+            f"per class; detection thresholds at {100 * s.get('fpr', 0.05):g} % FPR on {s.get('calibration_n', '?')} "
+            "held-out clean test images; bootstrap intervals over the counted pairs; the detector-aware adaptive "
+            "attack.")
+
     def reading_guide(self):
         s = self.settings
         n = s.get("n_attack", {})
@@ -235,7 +392,8 @@ class _Report:
             f"{n.get('jsma', '?')} for JSMA, "
             f"{n.get('cw', '?')} for C&W and C&W-hc (paper: 1 000 each); C&W budget "
             f"{cw.get('binary_search_steps', '?')} binary-search steps × {cw.get('max_iters', '?')} iterations "
-            f"from c = {cw.get('initial_const', '?')}, Adam lr {cw.get('lr', 0.01)} (paper: 9 × 10 000 from 10⁻³, lr 0.01).",
+            f"from c = {cw.get('initial_const', '?')}, Adam lr {cw.get('lr', 0.01)} (paper: 9 × 10 000, lr 0.01; the "
+            f"authors' script starts at c = 1). Every other open choice: the *Protocol* section.",
             "AUC-scores follow the paper: normal inputs are the positive class, higher score = more normal, "
             "and only pairs whose clean image is classified correctly *and* whose adversarial twin is "
             "misclassified are counted (*n counted*). Brackets give a 95 % bootstrap interval over those "
@@ -246,7 +404,8 @@ class _Report:
             "show: the paper's digits. Short training leaves higher test errors (Table 1); reduced attack "
             "budgets find larger, less minimal perturbations and fail more often (failed attacks leave the "
             "counted set); K-density uses the paper's bandwidths, tuned for fully trained models.",
-            "Distortion is sqrt(mean((x* − x)²)) on the 0–255 scale, averaged over the counted pairs. "
+            "Distortion is sqrt(mean((x* − x)²)) on the 0–255 scale; Table 2 averages it over all attacked images "
+            "(as the authors' script prints it) with the counted-pairs mean beside it. "
             "Confidence is ranked by its log-odds (identical ranking to F(x)_ŷ, but no float32 ties at 1.0).",
             "Seconds per example (appendix Table 1) are wall-clock times of this run's budgets on this "
             "device; the paper's are for full budgets on a P100 GPU. They are not comparable in absolute "
@@ -302,9 +461,12 @@ class _Report:
         d = self.doc
         d.h(2, "Table 2 — oblivious attacks: distortion and AUC-scores (10⁻²)")
         d.p("Each cell: ours [95 % bootstrap interval] and, in parentheses, the paper. "
-            "ε is the L∞ budget (FGSM/BIM/ILCM) or JSMA's per-feature offset θ, in [0, 1] units.")
+            "ε is the L∞ budget (FGSM/BIM/ILCM) or JSMA's per-feature offset θ, in [0, 1] units. *Distortion*: "
+            "mean over all attacked images, as the authors' script prints it (`test_adv.py` 653); *counted*: the "
+            "mean over the counted pairs only. AUCs count a clean/adversarial tie as ½ (see *AUC tie rule*).")
         paper_rows = paper.TABLE2.get(self.dataset, {})
-        rows, extra, averages = [], [], {o: {"distortion": [], **{m: [] for m in METRICS}} for o in OBJECTIVES}
+        rows, extra, ties = [], [], []
+        averages = {o: {"distortion": [], "counted": [], **{m: [] for m in METRICS}} for o in OBJECTIVES}
         for attack in TABLE2_ATTACKS:
             for obj in OBJECTIVES:
                 r = self.res(schema.table2_cell(attack, obj))
@@ -312,15 +474,21 @@ class _Report:
                     continue
                 ref = paper_rows.get((attack, obj))
                 eps = r.get("eps")
+                dist_all = r.get("distortion_all")
                 row = [attack.display, obj.display, "–" if eps is None else f"{eps:g}", f"{r['n']} ({r['n_counted']})",
-                       f"{_f(r['distortion'], 2)} ({ref[0]:.2f})" if ref else _f(r["distortion"], 2)]
+                       f"{_f(dist_all, 2)} ({ref[0]:.2f})" if ref else _f(dist_all, 2), _f(r["distortion"], 2)]
                 for i, metric in enumerate(METRICS):
                     row.append(_auc_text(r, metric) + (f" ({ref[1 + i]:.1f})" if ref else ""))
                     if r[schema.AUC].get(metric) is not None:
                         averages[obj][metric].append(r[schema.AUC][metric])
+                if dist_all is not None:
+                    averages[obj]["distortion"].append(dist_all)
                 if r["distortion"] is not None:
-                    averages[obj]["distortion"].append(r["distortion"])
+                    averages[obj]["counted"].append(r["distortion"])
                 rows.append(row)
+                official = r.get(schema.AUC_OFFICIAL_TIES) or {}
+                ties.append([attack.display, obj.display] + [
+                    f"{_f(r[schema.AUC].get(m), 1, 100)} / {_f(official.get(m), 1, 100)}" for m in TIE_METRICS])
                 extra.append([attack.display, obj.display, _f(r.get("attack_success_rate"), 1, 100),
                               _f(r.get("adversarial_accuracy"), 1, 100)]
                              + [_f(r[schema.DETECTION_RATE].get(m), 1, 100) for m in METRICS]
@@ -330,11 +498,22 @@ class _Report:
             if not a["distortion"]:
                 continue
             ref = paper_rows.get(("average", obj))
-            row = ["Average", obj.display, "", "", f"{np.mean(a['distortion']):.2f}" + (f" ({ref[0]:.2f})" if ref else "")]
+            row = ["Average", obj.display, "", "", f"{np.mean(a['distortion']):.2f}" + (f" ({ref[0]:.2f})" if ref else ""),
+                   f"{np.mean(a['counted']):.2f}" if a["counted"] else "–"]
             for i, metric in enumerate(METRICS):
                 row.append((f"{100 * np.mean(a[metric]):.1f}" if a[metric] else "–") + (f" ({ref[1 + i]:.1f})" if ref else ""))
             rows.append(row)
-        d.table(["attack", "obj.", "ε / θ", "n (counted)", "distortion", "Confidence", "non-ME", "K-density"], rows)
+        d.table(["attack", "obj.", "ε / θ", "n (counted)", "distortion, all (paper)", "distortion, counted",
+                 "Confidence", "non-ME", "K-density"], rows)
+        d.h(3, "AUC tie rule")
+        if any(" / –" not in cell for row in ties for cell in row[2:]):
+            d.p("Each cell: AUC (10⁻²) with ties = ½ (ours, the table above) / with the authors' `AUC.m` rule, "
+                "where every clean/adversarial tie counts 0 (`auc_of_roc_RCE.m` 74-86). The two differ only where "
+                "scores tie, e.g. saturated confidences or K-density underflow on both sides.")
+            d.table(["attack", "obj."] + [f"{m.display}: ½ / AUC.m" for m in TIE_METRICS], ties)
+        else:
+            d.p("*(The cells of this run do not record the AUC under the authors' `AUC.m` tie rule "
+                "(`" + schema.AUC_OFFICIAL_TIES + "`); ties count ½ throughout.)*")
         fpr = self.settings.get("fpr", 0.05)
         d.h(3, f"Beyond the paper: the detectors at {100 * fpr:g} % FPR")
         d.p(f"Thresholds are set on {self.settings.get('calibration_n', '?')} held-out clean test images (never "
@@ -348,10 +527,15 @@ class _Report:
         d = self.doc
         d.h(2, "Table 3 and appendix Table 2 — white-box C&W-wb against K-density")
         d.p("*Counted*: clean image classified correctly and C&W-wb reached its target class with margin > κ. "
-            "*Ratio f2 > 0*: counted examples whose K-density stays below the median K-density of the target "
-            "class's training points (the detector is not fooled; higher = more robust); the paper's metric. "
-            "Distortion over the counted examples. Beyond the paper: *rejected at FPR* = counted examples the "
-            "K-density detector rejects at its threshold, and the K-density AUC over them.")
+            "*Ratio f2 > 0 (official, attack bank)*: counted examples whose K-density against the attack's "
+            "100-point-per-class bank stays below the target class's median (η of `median_for_attack.m`): the "
+            "detector is not fooled (higher = more robust); what the authors' script computes and the paper's "
+            "column. *Full bank, leave-one-out*: the same against the detector's full bank with a leave-one-out η "
+            "(ours, stricter). *Success (official)*: classifier fooled and f2 ≤ 0 on the attack bank, over the "
+            "clean-correct inputs; *full bank*: f2 ≤ 0 on the full bank. Distortion: mean over the clean-correct "
+            "inputs whose attack fully succeeded on the attack bank (as `test_adv.py` 488-499 prints it) where the "
+            "cells record it, else over the counted examples. Beyond the paper: *rejected at FPR* = counted "
+            "examples the K-density detector rejects at its threshold, and the K-density AUC over them.")
         rows = []
         for kappa in self.settings.get("cwwb_kappas", [0.0, 5.0]):
             for obj in OBJECTIVES:
@@ -364,15 +548,25 @@ class _Report:
                 else:
                     ref = paper.APPENDIX_TABLE2.get((self.dataset, obj))
                     ref_ratio, ref_dist = (f"{ref}" if ref is not None else "–"), "–"
+                # Cells without `success_full_bank_percent` predate the official criterion: their
+                # `success_percent` is the full-bank one.
+                if "success_full_bank_percent" in r:
+                    success, success_full = r.get("success_percent"), r["success_full_bank_percent"]
+                else:
+                    success, success_full = None, r.get("success_percent")
+                dist = r["mean_distortion_official"] if "mean_distortion_official" in r else r["mean_distortion"]
                 rows.append([f"κ = {kappa:g}", obj.display, f"{r['n']} ({r['n_counted']})",
-                             f"{_f(r['ratio_f2_positive_percent'], 0)} ({ref_ratio})",
-                             f"{_f(r['mean_distortion'], 2)} ({ref_dist})",
-                             _f(r.get("classifier_success_percent"), 0), _f(r.get("success_percent"), 0),
+                             f"{_f(r.get('ratio_f2_positive_attack_bank_percent'), 0)} ({ref_ratio})",
+                             _f(r.get("ratio_f2_positive_percent"), 0),
+                             f"{_f(dist, 2)} ({ref_dist})",
+                             _f(r.get("classifier_success_percent"), 0), _f(success, 0), _f(success_full, 0),
                              _f(r.get("kd_rejected_percent"), 0), _f(r.get("kd_auc"), 1, 100)])
-        d.table(["attack", "obj.", "n (counted)", "ratio f2 > 0, % (paper)", "distortion (paper)",
-                 "fooled classifier (%)", "fooled both (%)", "rejected at FPR (%)", "K-density AUC"], rows)
+        d.table(["attack", "obj.", "n (counted)", "Ratio f2>0 (official, attack bank), % (paper)",
+                 "ratio f2 > 0, full bank leave-one-out, %", "distortion (paper)", "fooled classifier (%)",
+                 "success (official), %", "success (full bank), %", "rejected at FPR (%)", "K-density AUC"], rows)
         self.figure("figure4", "Figure 4. Clean images (top) and C&W-wb examples against CE (middle) and RCE "
-                               "(bottom) models; titles: RMS distortion.")
+                               "(bottom) models; titles: RMS distortion, or \"attack failed\" where "
+                               "the attack left the image unchanged).")
         d.p("Paper: " + paper.FIGURE_CLAIMS["figure4"])
 
     def table4(self):
@@ -405,13 +599,12 @@ class _Report:
     def appendix_table1(self):
         rows = []
         cw = self.settings.get("attack_settings", {}).get("cw", {})
-        wb = self.settings.get("cwwb_settings", {})
         cw_budget = f"{cw.get('binary_search_steps', '?')} × {cw.get('max_iters', '?')}"
         budgets = {
             Attack.FGSM: "1 step", Attack.BIM: "10 steps", Attack.ILCM: "10 steps",
-            Attack.JSMA: f"≤ {2 * self.settings.get('attack_settings', {}).get('jsma', {}).get('max_iters', 50)} pixels",
+            Attack.JSMA: self.jsma_budget(),
             Attack.CW: cw_budget, Attack.CW_HC: cw_budget,
-            Attack.CW_WB: f"2 phases × {wb.get('binary_search_steps', '?')} × {wb.get('max_iters', '?')}",
+            Attack.CW_WB: self.cwwb_budget(),
         }
         # The cell that measured each attack's time: Table 2's, and Table 3's kappa-0 run for C&W-wb.
         timed = [(a, lambda o, a=a: schema.table2_cell(a, o)) for a in TABLE2_ATTACKS]
@@ -447,7 +640,9 @@ class _Report:
         self.figure_section("Appendix Figure 1 — error on RAND noise", "appendix_figure1",
                             "Appendix Figure 1. Test error on noisy inputs x + U(−ε, ε).")
         self.figure_section("Appendix Figures 2–3 — K-density of normal, noisy and adversarial inputs", "appendix_figures2_3",
-                            "Appendix Figures 2–3. Histograms of log K-density; adversarial examples are the counted pairs of Table 2.")
+                            "Appendix Figures 2–3. Histograms of log K-density; adversarial examples are the counted pairs of "
+                            "Table 2. The x-range is the pooled 1st–99th percentile range widened by 10 % of its span; "
+                            "outliers beyond it are drawn in the edge bins and counted in the legend.")
         self.figure_section("Appendix Figure 4 — accuracy under C&W with a fixed c", "appendix_figure4",
                             "Appendix Figure 4. Accuracy under C&W-L2 with one binary-search step at a fixed c.")
 
@@ -482,13 +677,15 @@ class _Report:
                 "hist_rand_eps", "tsne_n", "cw_fixed_c", "cw_fixed_n", "cw_fixed_settings", "cwwb_n",
                 "cwwb_kappas", "cwwb_settings", "adaptive_eps", "adaptive_n", "adaptive_settings"]
         self.doc.table(["setting", "value"], [[k, f"`{json.dumps(s[k])}`"] for k in keys if k in s])
-        self.doc.p("The choices the paper leaves open (ε per dataset, JSMA's θ, grids) are documented in "
-                   "`rcedetect.reproduce.presets`. K-density: σ² = 1/0.26 (CE) and 0.1/0.26 (RCE), "
+        self.doc.p("The choices the paper leaves open are listed in the *Protocol* section (and "
+                   "`rcedetect.reproduce.presets`, `docs/protocol.md`). K-density: σ² = 1/0.26 (CE) and 0.1/0.26 (RCE), "
                    f"{s.get('kd_per_class', '?')} random training features per class, scored against the predicted class.")
 
     def build(self) -> Doc:
         self.header()
+        self.sanity()
         self.reading_guide()
+        self.protocol()
         self.summary()
         self.table1()
         self.table2()
@@ -503,7 +700,8 @@ class _Report:
 
 
 def render_report(run_dir) -> dict:
-    """Write RUN/report.md, RUN/report.html and RUN/figures/*.png from RUN/run.json and RUN/cells/*.json."""
+    """Write RUN/report.md, RUN/report.html, RUN/checks.json (the sanity checks) and RUN/figures/*.png from
+    RUN/run.json and RUN/cells/*.json."""
     run_dir = Path(run_dir)
     info_path = run_dir / "run.json"
     if not info_path.exists():
@@ -517,9 +715,11 @@ def render_report(run_dir) -> dict:
     if not records:
         raise InputError(f"{run_dir}/cells holds no results yet: run 'rcedetect reproduce' first")
     figures = make_figures(records, run_dir / "figures")
-    doc = _Report(run_dir, info, records, figures).build()
+    report = _Report(run_dir, info, records, figures)
+    doc = report.build()
     title = f"rcedetect reproduction — {info['dataset']} {info['preset']}"
-    md_path, html_path = run_dir / "report.md", run_dir / "report.html"
+    md_path, html_path, checks_path = run_dir / "report.md", run_dir / "report.html", run_dir / "checks.json"
     atomic_write_bytes(md_path, doc.markdown().encode())
     atomic_write_bytes(html_path, doc.html(run_dir, title).encode())
-    return {"markdown": md_path, "html": html_path, "figures": figures}
+    atomic_write_bytes(checks_path, (to_json(report.checks) + "\n").encode())
+    return {"markdown": md_path, "html": html_path, "checks": checks_path, "figures": figures}

@@ -19,10 +19,10 @@ spelling f-strings. Names, in run order:
 import numpy as np
 
 from ..evaluation import counting_mask
-from ..names import Attack, Metric, Objective
+from ..names import PAPER_METRICS, Attack, Metric, Objective
 
 OBJECTIVES = tuple(Objective)
-METRICS = tuple(Metric)
+METRICS = PAPER_METRICS
 TABLE2_ATTACKS = (Attack.FGSM, Attack.BIM, Attack.ILCM, Attack.JSMA, Attack.CW, Attack.CW_HC)
 FIG3_ATTACKS = (Attack.FGSM, Attack.BIM, Attack.ILCM, Attack.JSMA)
 
@@ -85,6 +85,7 @@ PER_EXAMPLE = "per_example"    # per attacked image: LABEL, CLEAN_PRED, ADV_PRED
 LABEL, CLEAN_PRED, ADV_PRED = "label", "clean_pred", "adv_pred"
 CLEAN_SCORES, ADV_SCORES = "clean_scores", "adv_scores"  # {metric: [score per image]}
 AUC, DETECTION_RATE, ROBUST_ACCURACY = "auc", "detection_rate", "robust_accuracy_with_rejection"
+AUC_OFFICIAL_TIES = "auc_official_ties"  # {metric: AUC with AUC.m's tie rule (ties count 0)}
 FIGURE4 = "figure4"            # table3.k0 cells: the images of Figure 4
 HIST = "hist"                  # rand cells: K-density of clean / noisy inputs (appendix Figures 2-3)
 

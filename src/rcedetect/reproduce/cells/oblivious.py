@@ -13,9 +13,10 @@ import numpy as np
 import torch
 
 from ...attacks import random_noise
+from ...detectors import confidence
 from ...evaluation import auc_score, counting_mask, distortion, robust_accuracy_with_rejection
 from ...inference import batched_outputs
-from ...names import Attack
+from ...names import Attack, Metric
 from .. import schema
 from ..examples import attack_examples
 from ..jsonable import ints, mean_or_none, sig
@@ -43,11 +44,17 @@ def detection_result(ctx, which: int, objective, x, y, x_adv) -> dict:
            schema.AUC: {}, schema.DETECTION_RATE: {}, schema.ROBUST_ACCURACY: {}, "thresholds": thresholds}
     clean_scores, adv_scores = {}, {}
     counted = mask.any()
+    out[schema.AUC_OFFICIAL_TIES] = {}
     with torch.no_grad():
         for m, score in ctx.metrics(which, objective).items():
             cs, ads = score(clean).double().numpy(), score(adv).double().numpy()
             clean_scores[m], adv_scores[m] = cs, ads
             out[schema.AUC][m] = auc_score(cs[mask], ads[mask]) if counted else None
+            # The authors' AUC.m (ties count 0) on the score as they computed it: confidence as the
+            # float32 softmax maximum, where saturated 1.0s tie (our log-odds ranking has no ties).
+            oc, oa = ((confidence(clean).double().numpy(), confidence(adv).double().numpy())
+                      if m == Metric.CONFIDENCE else (cs, ads))
+            out[schema.AUC_OFFICIAL_TIES][m] = auc_score(oc[mask], oa[mask], ties="official") if counted else None
             out[schema.DETECTION_RATE][m] = float(np.mean(ads[mask] <= thresholds[m])) if counted else None
             out[schema.ROBUST_ACCURACY][m] = robust_accuracy_with_rejection(y, adv_pred, ads, thresholds[m])
     out[schema.PER_EXAMPLE] = {

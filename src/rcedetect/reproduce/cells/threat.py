@@ -43,7 +43,7 @@ class Table3Cell(Cell):
     def config(self, ctx):
         p = ctx.preset
         return {**ctx.base_config(0, self.objective), "attack": Attack.CW_WB, "kappa": float(self.kappa),
-                "n": p.cwwb_n, "settings": dict(p.cwwb_settings)}
+                "n": p.cwwb_n, "settings": p.cwwb_settings_for(self.kappa)}
 
     def compute(self, ctx, progress):
         p, objective, kappa = ctx.preset, self.objective, float(self.kappa)
@@ -64,7 +64,7 @@ class Table3Cell(Cell):
         threshold = ctx.thresholds(0, objective)[Metric.KD]
         out = {
             "attack": Attack.CW_WB, "kappa": kappa, "objective": objective, "depth": p.depths[0],
-            "settings": dict(p.cwwb_settings), **row,
+            "settings": p.cwwb_settings_for(kappa), **row,
             "kd_threshold": threshold,
             "kd_rejected_percent": (float(100 * np.mean(kd_adv[counted] <= threshold)) if counted.any() else None),
             "kd_auc": auc_score(kd_clean[counted], kd_adv[counted]) if counted.any() else None,
@@ -76,17 +76,23 @@ class Table3Cell(Cell):
                                  "kd_clean": sig(kd_clean), "kd_adv": sig(kd_adv)},
         }
         if kappa == 0:
-            k = min(p.figure4_images, n)
-            out[schema.FIGURE4] = {"clean": uint8_images(x[:k]), "adversarial": uint8_images(result.x_adv[:k]),
-                                   "label": ints(y[:k]), "target": ints(result.target[:k]),
-                                   "adv_pred": ints(adv_pred[:k]),
-                                   "distortion": out[schema.PER_EXAMPLE]["distortion"][:k]}
+            # Figure 4 shows what the attack does: the first images it fully succeeded on (official
+            # criterion), topped up with the others only when too few succeeded.
+            full = ((clean_pred == y) & result.fooled & (result.f2_attack <= 0)).numpy()
+            order = np.concatenate([np.flatnonzero(full), np.flatnonzero(~full)])[:min(p.figure4_images, n)]
+            pick = torch.as_tensor(order, dtype=torch.long)
+            dist = distortion(result.x_adv, x)
+            out[schema.FIGURE4] = {"clean": uint8_images(x[pick]), "adversarial": uint8_images(result.x_adv[pick]),
+                                   "index": ints(pick), "label": ints(y[pick]), "target": ints(result.target[pick]),
+                                   "adv_pred": ints(adv_pred[pick]), "succeeded": ints(torch.as_tensor(full[order])),
+                                   "distortion": sig(dist[order])}
         return out
 
     def cost(self, ctx, costs):
         p = ctx.preset
-        # Two C&W phases (the attack's own K-density, then the evaluated one).
-        return costs.gradients(ctx.dataset, p.depths[0], p.cwwb_n * 2 * costs.cw_gradients(p.cwwb_settings)) + 2
+        # Two C&W phases (ordinary C&W, then with the attack bank's K-density term).
+        return costs.gradients(ctx.dataset, p.depths[0],
+                               p.cwwb_n * costs.cwwb_gradients(p.cwwb_settings_for(self.kappa))) + 2
 
 
 def kd_detector(ctx, which: int, objective) -> ThresholdDetector:
