@@ -326,3 +326,17 @@ def test_attack_cli_threat_model_attacks(cli_checkpoints, tmp_path, capsys):
     assert main(["attack", str(cli_checkpoints["ce"]), "--attack", "cw-wb", "--detector", "confidence",
                  "--out", str(tmp_path / "bad"), *common]) == 2
     assert "--detector kd" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--attack", "cw", "--l2-from", "phase1"], "--l2-from does not apply to --attack cw (only to cw-wb, cw-wb-hc)"),
+    (["--attack", "cw-wb", "--jsma-mode", "pair"], "--jsma-mode does not apply to --attack cw-wb (only to jsma)"),
+])
+def test_cli_refuses_an_option_of_another_attack_family(argv, message, tmp_path, capsys):
+    """Options of the classic and the threat-model attacks live in two tables; both are checked for
+    every attack, so neither family silently ignores the other's options."""
+    from rcedetect.cli import main
+
+    code = main(["attack", str(tmp_path / "missing"), "--n", "2", "--out", str(tmp_path / "x.safetensors"), *argv])
+    assert code == 2 and message in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())

@@ -146,10 +146,11 @@ def attack_eta(detector, attack_kd: KernelDensity, member: torch.Tensor, *, leav
     sub = attack_kd.bank_.detach().cpu()
     out = []
     for part, sub_part in zip(kd.class_slices(), attack_kd.class_slices()):
-        same = member[part].clone()
-        same[same >= 0] -= sub_part.start  # row inside this class's attack bank
-        if not leave_one_out:
-            same[:] = -1
+        if leave_one_out:
+            same = member[part].clone()
+            same[same >= 0] -= sub_part.start  # row inside this class's attack bank
+        else:
+            same = torch.full((part.stop - part.start,), -1, dtype=torch.long)
         out.append(_median_neg_log_kd(bank[part], sub[sub_part], same, kd.bandwidth_sq))
     return torch.tensor(out, dtype=torch.float64)
 

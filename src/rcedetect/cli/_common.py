@@ -25,3 +25,30 @@ def print_notes(notes) -> None:
     """Remarks of the library (e.g. why a detector was refitted) on stderr, one per line."""
     for note in notes:
         print(note if note.startswith("warning:") else f"note: {note}", file=sys.stderr)
+
+
+def chosen_settings(args, attack, tables) -> dict:
+    """The attack keywords the user set, from option tables {option: (keyword, attacks it applies to)}.
+
+    All tables are consulted together, so an option of another attack (a C&W-wb option with
+    --attack cw, a JSMA option with --attack cw-wb) is refused instead of silently ignored.
+    """
+    from ..errors import InputError
+
+    users, keywords = {}, {}
+    for table in tables:
+        for option, (keyword, applies_to) in table.items():
+            users.setdefault(option, set()).update(map(str, applies_to))
+            if attack in applies_to:
+                keywords[option] = keyword
+    settings = {}
+    for option, attacks in users.items():
+        value = getattr(args, option, None)
+        if value is None:
+            continue
+        if option not in keywords:
+            flag = "--no-abort-early" if option == "abort_early" else "--" + option.replace("_", "-")
+            raise InputError(f"{flag} does not apply to --attack {attack} (only to {', '.join(sorted(attacks))}): "
+                             f"drop it")
+        settings[keywords[option]] = value
+    return settings

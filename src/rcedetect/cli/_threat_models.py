@@ -95,28 +95,10 @@ def add_arguments(parser) -> None:
     add_detector_arguments(parser)
 
 
-def threat_model_settings(args) -> dict:
-    """Attack keywords set on the command line; options for another attack are an InputError."""
-    from ..errors import InputError
+def run_threat_model_attack(args, settings: dict) -> int:
+    """`rcedetect attack --attack cw-wb|cw-wb-hc|adaptive-pgd ...`: craft, evaluate, save (safetensors + JSON).
 
-    attack = Attack.coerce(args.attack)
-    settings = {}
-    for option, (keyword, applies_to) in SETTINGS.items():
-        value = getattr(args, option, None)
-        if value is None:
-            continue
-        if attack not in applies_to:
-            flag = "--no-abort-early" if option == "abort_early" else "--" + option.replace("_", "-")
-            raise InputError(f"{flag} does not apply to --attack {attack}: drop it")
-        settings[keyword] = value
-    for option in ("theta", "gamma", "jsma_output"):
-        if getattr(args, option, None) is not None:
-            raise InputError(f"--{option.replace('_', '-')} does not apply to --attack {attack}: drop it")
-    return settings
-
-
-def run_threat_model_attack(args) -> int:
-    """`rcedetect attack --attack cw-wb|cw-wb-hc|adaptive-pgd ...`: craft, evaluate, save (safetensors + JSON)."""
+    `settings`: the attack keywords the user set (`_common.chosen_settings`)."""
     from tqdm.auto import tqdm
 
     from ..attacks import save_adversarial
@@ -126,7 +108,6 @@ def run_threat_model_attack(args) -> int:
 
     if args.split != "test":
         raise InputError(f"--attack {args.attack} attacks test images only: drop --split")
-    settings = threat_model_settings(args)
     bar = tqdm(total=args.n, desc=args.attack, unit="img", disable=not args.progress)
     succeeded = []
 

@@ -13,6 +13,7 @@ import time
 
 from ..names import Attack, TargetRule
 from . import _threat_models
+from ._common import chosen_settings
 
 # CLI option -> (attack keyword, attacks it applies to). Options left unset keep the attack's defaults.
 _CW = (Attack.CW, Attack.CW_HC)
@@ -80,33 +81,17 @@ def register(subparsers) -> None:
     parser.set_defaults(func=run)
 
 
-def attack_settings(args) -> dict:
-    """The attack keywords the user set, rejecting options that do not apply to the chosen attack."""
-    from ..errors import InputError
-
-    attack = Attack.coerce(args.attack)
-    settings = {}
-    for option, (keyword, applies_to) in SETTINGS.items():
-        value = getattr(args, option, None)
-        if value is None:
-            continue
-        if attack not in applies_to:
-            flag = "--no-abort-early" if option == "abort_early" else "--" + option.replace("_", "-")
-            raise InputError(f"{flag} does not apply to --attack {attack} "
-                             f"(only to {', '.join(map(str, applies_to))}): drop it")
-        settings[keyword] = value
-    return settings
-
-
 def run(args) -> int:
     from ..evaluation.threat_models import THREAT_MODEL_ATTACKS
 
-    if Attack.coerce(args.attack) in THREAT_MODEL_ATTACKS:
-        return _threat_models.run_threat_model_attack(args)
-    return _run_attack(args)
+    attack = Attack.coerce(args.attack)
+    settings = chosen_settings(args, attack, (SETTINGS, _threat_models.SETTINGS))
+    if attack in THREAT_MODEL_ATTACKS:
+        return _threat_models.run_threat_model_attack(args, settings)
+    return _run_attack(args, settings)
 
 
-def _run_attack(args) -> int:
+def _run_attack(args, settings: dict) -> int:
     import torch
     from tqdm.auto import tqdm
 
@@ -119,7 +104,6 @@ def _run_attack(args) -> int:
 
     attack = Attack.coerce(args.attack)
     spec = ATTACKS[attack]
-    settings = attack_settings(args)
     if spec.uses_eps and args.eps is None:
         raise InputError(f"--attack {attack} needs --eps (L-inf budget in [0, 1] pixel units), e.g. --eps 0.1")
     if not spec.takes_eps and args.eps is not None:

@@ -62,6 +62,7 @@ class Table3Cell(Cell):
         # C&W-wb's counted set: clean image right and the target reached (summarize_white_box's).
         counted = ((clean_pred == y) & result.fooled).numpy()
         threshold = ctx.thresholds(0, objective)[Metric.KD]
+        dist = distortion(result.x_adv, x)
         out = {
             "attack": Attack.CW_WB, "kappa": kappa, "objective": objective, "depth": p.depths[0],
             "settings": p.cwwb_settings_for(kappa), **row,
@@ -72,7 +73,7 @@ class Table3Cell(Cell):
             schema.PER_EXAMPLE: {schema.LABEL: ints(y), "target": ints(result.target),
                                  schema.CLEAN_PRED: ints(clean_pred), schema.ADV_PRED: ints(adv_pred),
                                  "fooled": ints(result.fooled), "f2": sig(result.f2),
-                                 "distortion": sig(distortion(result.x_adv, x)),
+                                 "distortion": sig(dist),
                                  "kd_clean": sig(kd_clean), "kd_adv": sig(kd_adv)},
         }
         if kappa == 0:
@@ -81,7 +82,6 @@ class Table3Cell(Cell):
             full = ((clean_pred == y) & result.fooled & (result.f2_attack <= 0)).numpy()
             order = np.concatenate([np.flatnonzero(full), np.flatnonzero(~full)])[:min(p.figure4_images, n)]
             pick = torch.as_tensor(order, dtype=torch.long)
-            dist = distortion(result.x_adv, x)
             out[schema.FIGURE4] = {"clean": uint8_images(x[pick]), "adversarial": uint8_images(result.x_adv[pick]),
                                    "index": ints(pick), "label": ints(y[pick]), "target": ints(result.target[pick]),
                                    "adv_pred": ints(adv_pred[pick]), "succeeded": ints(torch.as_tensor(full[order])),
