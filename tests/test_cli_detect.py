@@ -142,3 +142,59 @@ def test_cli_bad_input_is_one_line_error(checkpoint, tmp_path, capsys):
     assert main(["detect", str(checkpoint), "--metric", "non-me", "--input", str(tmp_path / "bad.npy"), *SMALL]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and "NaN" in err and len(err.splitlines()) == 1
+
+
+# ------------------------------------------------------------------------ supervised baselines
+@pytest.fixture(scope="module")
+def trained_checkpoint(tiny_checkpoints, tmp_path_factory):
+    """A copy of the suite's tiny trained RCE ResNet-8 (FGSM must fool some clean-correct inputs)."""
+    import shutil
+
+    directory = tmp_path_factory.mktemp("trained") / "rce"
+    shutil.copytree(tiny_checkpoints["rce"], directory)
+    return directory
+
+
+BASELINE = ["--calibration-size", "200", "--n-per-class", "10", "--fit-n", "200", "--gaussian-n", "300",
+            "--batch-size", "200", "--device", "cpu"]
+
+
+@pytest.mark.parametrize("metric", ["lid", "mahalanobis-lr"])
+def test_supervised_baseline_needs_its_fit_then_loads(trained_checkpoint, tmp_path, capsys, mnist_test, metric):
+    np.save(tmp_path / "x.npy", mnist_test.images[:4].numpy())
+    args = ["detect", str(trained_checkpoint), "--metric", metric, "--input", str(tmp_path / "x.npy"), "--json",
+            *BASELINE]
+    assert main(args) == 2  # no fitted state and no permission to craft adversarial examples
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "--fit-adversarial" in err and len(err.splitlines()) == 1
+    assert main(args + ["--fit-adversarial"]) == 0
+    first = json.loads(capsys.readouterr().out)
+    assert first["metric"] == metric and len(first["results"]) == 4
+    for row in first["results"]:
+        assert row["accepted"] == (row["score"] > first["threshold"])
+    saved = json.loads((trained_checkpoint / f"detector-{metric}.json").read_text())
+    protocol = saved["metadata"]["protocol"]
+    assert protocol["split"] == "train" and protocol["attack"] == "fgsm" and protocol["eps"] == 0.16
+    assert protocol["n"] == 200 and 100 <= saved["metadata"]["fitting_examples"]["counted"] <= 200
+    stamp = (trained_checkpoint / f"detector-{metric}.safetensors").stat().st_mtime_ns
+    assert main(args) == 0  # loads without --fit-adversarial: same answer, nothing rewritten
+    assert json.loads(capsys.readouterr().out) == first
+    assert (trained_checkpoint / f"detector-{metric}.safetensors").stat().st_mtime_ns == stamp
+    # Other fitting settings do not silently reuse the saved detector, and never craft without permission.
+    assert main(args + ["--fit-eps", "0.2"]) == 2
+    assert "other settings" in capsys.readouterr().err
+    # --report measures the held-out rejection rate of the saved detector.
+    out = tmp_path / "report.json"
+    assert main(["detect", str(trained_checkpoint), "--metric", metric, "--report", "--output", str(out),
+                 *BASELINE]) == 0
+    m = json.loads(out.read_text())["metrics"][metric]
+    assert m["n_evaluation"] == 200 and m["calibration_rejection_rate"] <= 0.05
+
+
+def test_unsupervised_mahalanobis_fits_like_kd(trained_checkpoint, tmp_path, capsys, mnist_test):
+    np.save(tmp_path / "x.npy", mnist_test.images[:3].numpy())
+    assert main(["detect", str(trained_checkpoint), "--metric", "mahalanobis", "--input", str(tmp_path / "x.npy"),
+                 *BASELINE]) == 0
+    assert len(capsys.readouterr().out.strip().splitlines()) == 4
+    saved = json.loads((trained_checkpoint / "detector-mahalanobis.json").read_text())
+    assert saved["metric_params"] == {"n_per_class": 10, "seed": 0} and "protocol" not in saved["metadata"]

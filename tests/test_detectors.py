@@ -370,7 +370,7 @@ def test_metric_factories_refuse_unknown_settings():
         METRICS["confidence"]("ce", n_per_class=10)
     with pytest.raises(InputError, match="lid"):
         METRICS["lid"]("ce", neighbours=20)
-    assert set(METRICS) == {"confidence", "non-me", "kd", "lid", "mahalanobis"} and "kd" in METRICS
+    assert set(METRICS) == {"confidence", "non-me", "kd", "lid", "mahalanobis", "mahalanobis-lr"} and "kd" in METRICS
 
 
 # ------------------------------------------------------------------------------------- selective

@@ -9,7 +9,8 @@ presets) are keyed by these members, and argparse takes `choices=Enum.choices()`
     Dataset        mnist, cifar10
     Objective      ce, rce                      (training loss; K-density's bandwidth depends on it)
     Metric         confidence, non-me, kd       (the thresholding tests of section 3.4 = PAPER_METRICS)
-                   lid, mahalanobis             (baseline detectors, detectors/lid.py, mahalanobis.py)
+                   lid, mahalanobis-lr          (supervised baselines: fitted on adversarial examples)
+                   mahalanobis                  (unsupervised baseline: clean training data only)
     Attack         fgsm, bim, ilcm, jsma, cw, cw-hc, rand, cw-wb, cw-wb-hc, adaptive-pgd
     PGDMethod      logit, selective, orthogonal (update rules of the detector-aware PGD)
     Norm           linf, l2, l0                 (attack distances)
@@ -66,10 +67,15 @@ class Metric(Name):
     KD = "kd"
     LID = "lid"                    # baseline: Ma et al. 2018 (supervised, needs adversarial examples to fit)
     MAHALANOBIS = "mahalanobis"    # baseline: Lee et al. 2018, unsupervised penultimate-layer form
+    MAHALANOBIS_LR = "mahalanobis-lr"  # baseline: Lee et al. 2018, several layers + logistic regression (supervised)
 
 
 # The thresholding metrics of the paper (section 3.4): what its tables and the detect CLI compare.
 PAPER_METRICS = (Metric.CONFIDENCE, Metric.NON_ME, Metric.KD)
+# The baseline detectors (beyond the paper), in the order the report's Baselines table prints them;
+# the supervised ones are fitted on adversarial + noisy examples (detectors/supervised.py).
+BASELINE_METRICS = (Metric.LID, Metric.MAHALANOBIS_LR, Metric.MAHALANOBIS)
+SUPERVISED_METRICS = (Metric.LID, Metric.MAHALANOBIS_LR)
 
 
 class Attack(Name):
@@ -112,11 +118,12 @@ _DISPLAY = {
     Dataset.MNIST: "MNIST", Dataset.CIFAR10: "CIFAR-10",
     Objective.CE: "CE", Objective.RCE: "RCE",
     Metric.CONFIDENCE: "Confidence", Metric.NON_ME: "non-ME", Metric.KD: "K-density",
-    Metric.LID: "LID", Metric.MAHALANOBIS: "Mahalanobis",
+    Metric.LID: "LID", Metric.MAHALANOBIS: "Mahalanobis (unsup.)", Metric.MAHALANOBIS_LR: "Mahalanobis (LR)",
     Attack.FGSM: "FGSM", Attack.BIM: "BIM", Attack.ILCM: "ILCM", Attack.JSMA: "JSMA", Attack.CW: "C&W",
     Attack.CW_HC: "C&W-hc", Attack.RAND: "RAND", Attack.CW_WB: "C&W-wb", Attack.CW_WB_HC: "C&W-wb-hc",
     Attack.ADAPTIVE_PGD: "detector-aware PGD",
     Norm.LINF: "L∞", Norm.L2: "L2", Norm.L0: "L0",
 }
 
-__all__ = ["Name", "Dataset", "Objective", "Metric", "Attack", "PGDMethod", "Norm", "Preset", "TargetRule", "PAPER_METRICS"]
+__all__ = ["Name", "Dataset", "Objective", "Metric", "Attack", "PGDMethod", "Norm", "Preset", "TargetRule", "PAPER_METRICS",
+           "BASELINE_METRICS", "SUPERVISED_METRICS"]

@@ -12,6 +12,12 @@ The detector is fitted on first use and saved beside the checkpoint (detector-<m
 A saved detector is reused when the checkpoint's weights (sha256) and the fit settings match; a
 different `--fpr` only moves the threshold (the clean calibration scores are stored), `--refit`
 forces a new fit.
+
+Baselines (beyond the paper): `--metric mahalanobis` (Lee et al. 2018, unsupervised, penultimate
+features, fitted on the K-density bank's training images) fits like kd. `--metric lid` and
+`--metric mahalanobis-lr` are supervised: `--fit-adversarial` crafts their fitting examples (FGSM at
+Table 2's eps on `--fit-n` training images, never test images) and saves the fitted detector; without
+it a missing detector is an error naming the fix.
 """
 
 import json
@@ -23,6 +29,7 @@ import torch
 
 from ..errors import InputError
 from ..names import PAPER_METRICS, Metric
+from ..detectors.supervised import FIT_ATTACKS
 from ._common import add_checkpoint_argument, add_data_dir_argument, add_device_argument, print_notes
 
 REPORT_QUANTILES = (0.0, 0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 1.0)
@@ -35,8 +42,9 @@ def register(subparsers) -> None:
         description="Thresholding detector of Pang et al. 2018: print the label or NOT SURE for each input, "
                     "or (--report) the clean-data score distributions and the measured false-positive rate.")
     add_checkpoint_argument(parser)
-    parser.add_argument("--metric", choices=[m.value for m in PAPER_METRICS], default=None,
-                        help="detection metric (default: kd; with --report all three)")
+    parser.add_argument("--metric", choices=Metric.choices(), default=None,
+                        help="detection metric (default: kd; with --report the paper's three); baselines: lid, "
+                             "mahalanobis-lr (supervised: need --fit-adversarial once), mahalanobis (unsupervised)")
     mode = parser.add_mutually_exclusive_group(required=True)
     mode.add_argument("--input", help="a PNG image, or a batch as .npy / .pt, shaped (N, C, H, W), (C, H, W) or (H, W)")
     mode.add_argument("--report", action="store_true",
@@ -60,6 +68,19 @@ def register(subparsers) -> None:
     parser.add_argument("--split-seed", type=int, default=0,
                         help="seed of the test-set permutation whose first --calibration-size images set the "
                              "threshold (default: 0)")
+    parser.add_argument("--fit-adversarial", action="store_true",
+                        help="lid / mahalanobis-lr: craft the fitting examples on training images and fit when no "
+                             "matching saved detector exists")
+    parser.add_argument("--fit-attack", choices=[a.value for a in FIT_ATTACKS], default="fgsm",
+                        help="attack of the supervised detectors' fitting examples (default: fgsm)")
+    parser.add_argument("--fit-eps", type=float, default=None,
+                        help="its L-inf eps in [0, 1] (default: Table 2's FGSM eps, 0.16 MNIST / 0.12 CIFAR-10)")
+    parser.add_argument("--fit-n", type=int, default=1000,
+                        help="training images attacked for the fitting examples (default: 1000)")
+    parser.add_argument("--gaussian-n", type=int, default=5000,
+                        help="mahalanobis-lr: further training images that estimate its class Gaussians (default: 5000)")
+    parser.add_argument("--magnitude", type=float, default=0.0,
+                        help="mahalanobis-lr: input-preprocessing step (Lee et al.; default 0 = none)")
     parser.add_argument("--batch-size", type=int, default=500)
     add_device_argument(parser)
     add_data_dir_argument(parser)
@@ -171,7 +192,10 @@ def _session(args, ckpt, device):
 
     settings = DetectorSettings(fpr=args.fpr, n_per_class=args.n_per_class, bandwidth_sq=args.bandwidth_sq,
                                 calibration_size=args.calibration_size, split_seed=args.split_seed,
-                                refit=args.refit, data_dir=args.data_dir, batch_size=args.batch_size)
+                                refit=args.refit, data_dir=args.data_dir, batch_size=args.batch_size,
+                                fit_adversarial=args.fit_adversarial, fit_attack=args.fit_attack,
+                                fit_eps=args.fit_eps, fit_n=args.fit_n, gaussian_n=args.gaussian_n,
+                                magnitude=args.magnitude)
     return DetectorSession(ckpt, settings, device=device)
 
 
@@ -227,8 +251,7 @@ def _report(session, metrics) -> dict:
     }
     for name in metrics:
         detector = _detector(session, name)
-        with torch.no_grad():
-            scores = detector.score_samples(eval_out).cpu()
+        scores = session.test_scores(detector, name, stop, eval_stop)
         n = scores.numel()
         rate = rejection_rate(scores, detector.threshold_)
         report["metrics"][name] = {
@@ -270,7 +293,6 @@ def _print_report(report: dict) -> None:
 def run(args) -> int:
     from ..checkpoints import load_checkpoint
     from ..data import DATASETS
-    from ..detectors import collect_outputs
     from ..devices import resolve_device
     from ..files import atomic_write_json
 
@@ -295,11 +317,9 @@ def run(args) -> int:
     name = args.metric or Metric.KD
     detector = _detector(session, name)
     # SelectiveClassifier's rule (accept when score > threshold_), keeping the class of rejected inputs too.
-    out = collect_outputs(ckpt.model, x, batch_size=args.batch_size, device=device)
-    with torch.no_grad():
-        scores = detector.score_samples(out)
+    scores, logits = session.score_images(detector, name, x)
     accepted = scores > detector.threshold_
-    predicted = out.logits.argmax(1)
+    predicted = logits.argmax(1)
     rows = [{"index": i, "prediction": int(pred) if ok else "NOT SURE", "predicted_class": int(pred),
              "accepted": bool(ok), "score": float(score)}
             for i, (ok, pred, score) in enumerate(zip(accepted.tolist(), predicted.tolist(), scores.tolist()))]

@@ -36,6 +36,18 @@ def _lid_detector(objective=None, **settings):
     return LIDDetector(**settings)
 
 
+def _mahalanobis_metric(objective=None, **settings):
+    """`MahalanobisMetric(**settings)`: n_per_class (None: every training example), seed."""
+    check_keywords(MahalanobisMetric, settings, "metric mahalanobis")
+    return MahalanobisMetric(**settings)
+
+
+def _mahalanobis_lr(objective=None, **settings):
+    """`MahalanobisDetector(**settings)`: magnitude, Cs, cv, max_iter, seed (fitted on adversarial examples)."""
+    check_keywords(MahalanobisDetector, settings, "metric mahalanobis-lr")
+    return MahalanobisDetector(**settings)
+
+
 def _kd_metric(objective=Objective.CE, **settings):
     """`KernelDensity.for_objective(objective, **settings)`: bandwidth_sq, n_per_class, seed, chunk_size."""
     return KernelDensity.for_objective(objective, **settings)
@@ -48,9 +60,11 @@ METRICS = {
     Metric.NON_ME: _stateless(NonMEMetric),
     Metric.KD: _kd_metric,
     # Baselines (beyond the paper): Mahalanobis' unsupervised penultimate-layer form is a plain metric;
-    # LID must be fitted on adversarial examples (`LIDDetector.fit`) before a threshold can be set.
-    Metric.MAHALANOBIS: _stateless(MahalanobisMetric),
+    # LID and Mahalanobis-LR must be fitted on adversarial examples before a threshold can be set
+    # (`supervised.fit_supervised`, the honest protocol: one attack, training images).
+    Metric.MAHALANOBIS: _mahalanobis_metric,
     Metric.LID: _lid_detector,
+    Metric.MAHALANOBIS_LR: _mahalanobis_lr,
 }
 
 __all__ = [

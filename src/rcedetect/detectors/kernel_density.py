@@ -49,6 +49,26 @@ def _features(model_output) -> torch.Tensor:
     return features
 
 
+def per_class_subset(y, n_per_class, seed: int, num_classes=None, why: str = "every class is needed") -> torch.Tensor:
+    """Indices into labels `y`: per class, a seeded random subset of `n_per_class` (None: all), sorted
+    within the class, classes in order. The K-density bank's rule, shared by the Mahalanobis metric."""
+    y = torch.as_tensor(y).long().cpu()
+    if y.dim() != 1 or y.numel() == 0:
+        raise InputError(f"expected non-empty labels of shape (N,), got {tuple(y.shape)}")
+    num_classes = int(y.max()) + 1 if num_classes is None else num_classes
+    generator = torch.Generator().manual_seed(seed)
+    chosen = []
+    for c in range(num_classes):
+        idx = (y == c).nonzero().squeeze(1)
+        if idx.numel() == 0:
+            raise InputError(f"class {c} has no training examples: {why}")
+        perm = torch.randperm(idx.numel(), generator=generator)
+        if n_per_class is not None:
+            perm = perm[:n_per_class]
+        chosen.append(idx[perm.sort().values])
+    return torch.cat(chosen)
+
+
 class KernelDensity:
     """Per-class Gaussian kernel density on penultimate features (Pang et al. 2018, section 3.4).
 
@@ -93,21 +113,7 @@ class KernelDensity:
 
         Lets callers compute features for only these training examples before `fit`.
         """
-        y = torch.as_tensor(y).long().cpu()
-        if y.dim() != 1 or y.numel() == 0:
-            raise InputError(f"expected non-empty labels of shape (N,), got {tuple(y.shape)}")
-        num_classes = int(y.max()) + 1 if num_classes is None else num_classes
-        generator = torch.Generator().manual_seed(self.seed)
-        chosen = []
-        for c in range(num_classes):
-            idx = (y == c).nonzero().squeeze(1)
-            if idx.numel() == 0:
-                raise InputError(f"class {c} has no training examples: K-density needs a bank for every class")
-            perm = torch.randperm(idx.numel(), generator=generator)
-            if self.n_per_class is not None:
-                perm = perm[:self.n_per_class]
-            chosen.append(idx[perm.sort().values])
-        return torch.cat(chosen)
+        return per_class_subset(y, self.n_per_class, self.seed, num_classes, "K-density needs a bank for every class")
 
     def fit(self, model_output, y, *, num_classes=None) -> "KernelDensity":
         """Build the banks from training `model_output` (or features (N, d)) grouped by true label `y`."""

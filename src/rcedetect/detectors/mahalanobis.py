@@ -35,7 +35,7 @@ import torch
 
 from ..errors import InputError
 from ..models import ModelOutput
-from .kernel_density import _features
+from .kernel_density import _features, per_class_subset
 from .lid import HEAD_KEYS, fit_logistic, indexed_layer_tensors, layers_from_tensors, logistic_logit
 from .taps import LayerTaps, as_layer_features
 
@@ -113,19 +113,22 @@ class MahalanobisMetric:
     name = "mahalanobis"
     requires_fit = True
 
-    def __init__(self):
-        pass
+    def __init__(self, *, n_per_class=None, seed: int = 0):
+        if n_per_class is not None and (not isinstance(n_per_class, int) or n_per_class < 2):
+            raise InputError(f"n_per_class must be an int >= 2 or None (every training example), got {n_per_class!r}")
+        self.n_per_class = n_per_class
+        self.seed = seed
 
     def subset_indices(self, y, num_classes=None) -> torch.Tensor:
-        """All training indices (the estimate uses every training example); checks every class occurs."""
+        """Training indices to fit on: every example (n_per_class None, Lee et al.'s choice), else per class
+        a seeded random `n_per_class` subset by the K-density bank's rule (the same images for the same
+        n_per_class and seed); every class must occur."""
         y = torch.as_tensor(y).long().cpu()
-        if y.dim() != 1 or y.numel() == 0:
-            raise InputError(f"expected non-empty labels of shape (N,), got {tuple(y.shape)}")
-        num_classes = int(y.max()) + 1 if num_classes is None else num_classes
-        missing = sorted(set(range(num_classes)) - set(y.unique().tolist()))
-        if missing:
-            raise InputError(f"classes {missing} have no training examples: the Mahalanobis detector needs every class")
-        return torch.arange(y.numel())
+        if self.n_per_class is None:
+            per_class_subset(y, 1, self.seed, num_classes, "the Mahalanobis detector needs every class")  # checks
+            return torch.arange(y.numel())
+        return per_class_subset(y, self.n_per_class, self.seed, num_classes,
+                                "the Mahalanobis detector needs every class")
 
     def fit(self, model_output, y, *, num_classes=None) -> "MahalanobisMetric":
         if isinstance(model_output, ModelOutput) and num_classes is None:
@@ -155,7 +158,7 @@ class MahalanobisMetric:
                                  magnitude=magnitude)
 
     def params(self) -> dict:
-        return {}
+        return {"n_per_class": self.n_per_class, "seed": self.seed}
 
     def state_tensors(self) -> dict:
         self._check_fitted()
@@ -173,7 +176,7 @@ class MahalanobisMetric:
         return metric
 
     def __repr__(self) -> str:
-        return "MahalanobisMetric()"
+        return f"MahalanobisMetric(n_per_class={self.n_per_class}, seed={self.seed})"
 
 
 # ---------------------------------------------------------------- supervised, several layers

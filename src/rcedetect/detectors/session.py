@@ -13,6 +13,12 @@ is saved beside it (detector-<metric>.json + .safetensors, `rcedetect.detectors.
     seeded by `split_seed` (`test_order`); the next ones are held out (`heldout_index`).
 A saved detector is reused when the checkpoint's weights (sha256) and the fit settings match; another
 `fpr` only moves the threshold (the clean calibration scores are stored); `refit` forces a new fit.
+
+The supervised baselines (LID, Mahalanobis-LR) are fitted on adversarial + noisy examples of one
+attack crafted on training images (`supervised`, the honest protocol: FGSM at Table 2's eps by
+default). Crafting them is never a side effect: without `fit_adversarial` (or `refit`) a missing or
+mismatching saved detector is a `CheckpointError` naming the fix. Their inputs are layer
+activations, not `ModelOutput`s: score images with `score_images`.
 """
 
 import time
@@ -24,7 +30,7 @@ import torch
 
 from ..errors import CheckpointError, InputError, OutputError
 from ..files import sha256_file
-from ..names import Metric
+from ..names import BASELINE_METRICS, SUPERVISED_METRICS, Metric
 
 
 @dataclass(frozen=True)
@@ -36,6 +42,11 @@ class DetectorSettings:
     objective's default). calibration_size: clean test images (first of the seeded permutation) that
     set the threshold. split_seed: seed of that permutation. refit: refit even when a saved detector
     matches. data_dir: dataset folder (None: the default). batch_size: images per forward pass.
+    Supervised baselines (LID, Mahalanobis-LR; `supervised.FitProtocol`): fit_adversarial allows crafting
+    their fitting examples when no matching saved detector exists; fit_attack, fit_eps (None: Table 2's
+    FGSM eps of the dataset), fit_n (training images attacked), gaussian_n (training images of
+    Mahalanobis-LR's Gaussians), magnitude (Mahalanobis input preprocessing, 0: none). The unsupervised
+    Mahalanobis metric is fitted on the K-density bank's images (`n_per_class` per class, seed 0).
     """
 
     fpr: float = 0.05
@@ -46,6 +57,12 @@ class DetectorSettings:
     refit: bool = False
     data_dir: Optional[str] = None
     batch_size: int = 500
+    fit_adversarial: bool = False
+    fit_attack: str = "fgsm"
+    fit_eps: Optional[float] = None
+    fit_n: int = 1000
+    gaussian_n: int = 5000
+    magnitude: float = 0.0
 
     def __post_init__(self):
         if not 0 <= self.fpr < 1:
@@ -58,6 +75,17 @@ class DetectorSettings:
             raise InputError(f"batch_size (--batch-size) must be >= 1, got {self.batch_size}")
         if self.bandwidth_sq is not None and not self.bandwidth_sq > 0:
             raise InputError(f"bandwidth_sq (--bandwidth-sq) must be positive, got {self.bandwidth_sq}")
+        if self.fit_eps is not None:
+            self.protocol("mnist")  # validates the fitting settings now, with one-line errors
+
+    def protocol(self, dataset):
+        """The `FitProtocol` of the supervised baselines for a checkpoint of `dataset`."""
+        from ..names import Dataset
+        from .supervised import DEFAULT_FIT_EPS, FitProtocol
+
+        eps = DEFAULT_FIT_EPS[Dataset.coerce(dataset)] if self.fit_eps is None else self.fit_eps
+        return FitProtocol(eps=eps, attack=self.fit_attack, n=self.fit_n, n_gaussian=self.gaussian_n,
+                           magnitude=self.magnitude, seed=self.split_seed)
 
 
 @dataclass(frozen=True)
@@ -148,17 +176,22 @@ class DetectorSession:
         from . import METRICS
 
         metric = Metric.coerce(metric, "metric")
-        options = ({"n_per_class": self.settings.n_per_class, "bandwidth_sq": self.settings.bandwidth_sq}
-                   if metric == Metric.KD else {})
+        options = {Metric.KD: {"n_per_class": self.settings.n_per_class, "bandwidth_sq": self.settings.bandwidth_sq},
+                   Metric.MAHALANOBIS: {"n_per_class": self.settings.n_per_class},
+                   Metric.MAHALANOBIS_LR: {"magnitude": self.settings.magnitude, "seed": self.settings.split_seed},
+                   Metric.LID: {"seed": self.settings.split_seed}}.get(metric, {})
         return METRICS[metric](self.config.objective, **options)
 
     def fit_settings(self, metric) -> dict:
         """What a saved detector must have been fitted with to be reused (stored as its metadata)."""
         start, stop = self.calibration_range()
-        return {"checkpoint_sha256": self.weights_sha256, "dataset": self.config.dataset,
-                "objective": self.config.objective, "metric_params": self.new_metric(metric).params(),
-                "calibration": {"split": "test", "permutation_seed": self.settings.split_seed, "start": start,
-                                "stop": stop}}
+        settings = {"checkpoint_sha256": self.weights_sha256, "dataset": self.config.dataset,
+                    "objective": self.config.objective, "metric_params": self.new_metric(metric).params(),
+                    "calibration": {"split": "test", "permutation_seed": self.settings.split_seed, "start": start,
+                                    "stop": stop}}
+        if Metric.coerce(metric, "metric") in SUPERVISED_METRICS:
+            settings["protocol"] = {**self.settings.protocol(self.config.dataset).to_dict(), "split": "train"}
+        return settings
 
     def detector(self, metric):
         """The fitted `ThresholdDetector` of `metric`: the saved one when its fit settings match (its
@@ -184,10 +217,23 @@ class DetectorSession:
                 return detector, FitInfo("loaded", tuple(notes))
             if metadata is not None:
                 notes.append(f"the saved {metric} detector was fitted with other settings or weights; refitting")
+        if metric in SUPERVISED_METRICS and not (self.settings.fit_adversarial or self.settings.refit):
+            p = self.settings.protocol(self.config.dataset)
+            why = ("its saved detector was fitted with other settings or weights" if notes else
+                   f"none is saved in {directory}")
+            raise CheckpointError(f"the '{metric}' detector is fitted on adversarial examples and {why}: add "
+                                  f"--fit-adversarial to craft them ({p.attack} at eps {p.eps:g} on {p.n} training "
+                                  f"images) and save the detector beside the checkpoint")
         t0 = time.perf_counter()
         new = self.new_metric(metric)
         detector = ThresholdDetector(new, fpr=self.settings.fpr)
-        if new.requires_fit:
+        if metric in SUPERVISED_METRICS:
+            fitted, fit_record = self._fit_supervised(metric)
+            detector.metric_ = fitted
+            calibration = self.test_images(*self.calibration_range())
+            detector.calibrate(self._baseline_inputs(fitted, metric, calibration)[0])
+            settings["fitting_examples"] = fit_record
+        elif new.requires_fit:
             train = self.dataset("train")
             index = new.subset_indices(train.labels, self.checkpoint.model.num_classes)
             train_out = self.outputs("train", index, ("train-bank", str(metric), self.settings.n_per_class))
@@ -202,6 +248,58 @@ class DetectorSession:
             notes.append(f"warning: could not save the detector beside the checkpoint ({exc}); "
                          f"it will be refitted next time")
         return detector, FitInfo("fitted", tuple(notes), seconds)
+
+    # ------------------------------------------------------------------------ supervised baselines
+    def _fit_supervised(self, metric):
+        from .supervised import fit_supervised, fitting_examples, fitting_indices
+
+        protocol = self.settings.protocol(self.config.dataset)
+        train = self.dataset("train")
+        fit_index, gaussian_index = fitting_indices(len(train), protocol)
+        model = self.checkpoint.model
+        examples = fitting_examples(model, train.images[fit_index], train.labels[fit_index], protocol,
+                                    batch_size=self.settings.batch_size, device=self.device)
+        fitted = fit_supervised(model, examples, protocol, metrics=(metric,), gaussian_images=train.images[gaussian_index],
+                                gaussian_labels=train.labels[gaussian_index], num_classes=model.num_classes,
+                                batch_size=self.settings.batch_size, device=self.device)[metric]
+        return fitted, {"attacked": examples.attacked, "counted": int(examples.labels.numel()),
+                        "attack_success_rate": examples.attack_success_rate}
+
+    def _baseline_inputs(self, metric_object, metric, images):
+        from .supervised import baseline_inputs
+
+        inputs, logits = baseline_inputs(self.checkpoint.model, {metric: metric_object}, images,
+                                         batch_size=self.settings.batch_size, device=self.device)
+        return inputs[metric], logits
+
+    def test_images(self, start: int, stop: int) -> torch.Tensor:
+        """The test images (uint8) at positions [start, stop) of `test_order()`."""
+        return self.dataset("test").images[self.test_order()[start:stop]]
+
+    def score_images(self, detector, metric, images):
+        """(scores (N,) higher = more normal, logits (N, L)) of `images` (float in [0, 1] or uint8) under the
+        fitted `detector` of `metric`: model outputs for the paper's metrics, layer activations for the
+        baselines."""
+        from .selective import collect_outputs
+
+        metric = Metric.coerce(metric, "metric")
+        if metric in BASELINE_METRICS and metric != Metric.MAHALANOBIS:
+            inputs, logits = self._baseline_inputs(detector.metric_, metric, images)
+        else:
+            inputs = collect_outputs(self.checkpoint.model, images, batch_size=self.settings.batch_size,
+                                     device=self.device)
+            logits = inputs.logits
+        with torch.no_grad():
+            return detector.score_samples(inputs).detach().cpu(), logits.cpu()
+
+    def test_scores(self, detector, metric, start: int, stop: int) -> torch.Tensor:
+        """Scores of the test images at positions [start, stop) of `test_order()` (cached outputs for
+        the paper's metrics)."""
+        metric = Metric.coerce(metric, "metric")
+        if metric in SUPERVISED_METRICS:
+            return self.score_images(detector, metric, self.test_images(start, stop))[0]
+        with torch.no_grad():
+            return detector.score_samples(self.test_outputs(start, stop)).detach().cpu()
 
 
 def fit_or_load_detector(checkpoint, metric, settings: DetectorSettings = DetectorSettings(), *, device="cpu"):
