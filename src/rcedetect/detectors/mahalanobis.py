@@ -71,14 +71,20 @@ def class_means_and_covariance(features, labels, num_classes=None):
 
 
 def gaussian_scores(features: torch.Tensor, means: torch.Tensor, precision: torch.Tensor) -> torch.Tensor:
-    """-1/2 (f - μ_c)ᵀ Σ⁺ (f - μ_c) for every row and class, (N, C), in the dtype/device of `features`
-    (differentiable w.r.t. the features)."""
-    means = means.to(device=features.device, dtype=features.dtype)
-    precision = precision.to(device=features.device, dtype=features.dtype)
+    """-1/2 (f - μ_c)ᵀ Σ⁺ (f - μ_c) for every row and class, (N, C), returned in the dtype/device of
+    `features` (differentiable w.r.t. the features).
+
+    Computed in float64 whatever the features' dtype: an ill-conditioned layer covariance (measured: the
+    stem of the quick MNIST ResNet-32, whose background pixels are constant) has precision entries so
+    large that the float32 quadratic form cancels catastrophically, even to positive values of -1/2 d².
+    """
     if features.dim() != 2 or features.shape[1] != means.shape[1]:
         raise InputError(f"expected features of shape (N, {means.shape[1]}), got {tuple(features.shape)}")
-    diff = features.unsqueeze(1) - means.unsqueeze(0)                     # (N, C, d)
-    return -0.5 * ((diff @ precision) * diff).sum(dim=2)
+    f = features.double()
+    means = means.to(device=features.device, dtype=torch.float64)
+    precision = precision.to(device=features.device, dtype=torch.float64)
+    diff = f.unsqueeze(1) - means.unsqueeze(0)                            # (N, C, d)
+    return (-0.5 * ((diff @ precision) * diff).sum(dim=2)).to(features.dtype)
 
 
 def preprocess_inputs(feature_fn, x: torch.Tensor, means, precision, *, magnitude: float) -> torch.Tensor:
