@@ -21,7 +21,7 @@ from rcedetect.reproduce.figures import FIGURES
 
 REGRESSION = Path(__file__).parent / "regression" / "mnist_quick.json"
 # Wall-clock measurements: differ between two runs by nature, everything else must not.
-TIMING_KEYS = {"attack_seconds", "seconds_per_example", "train_seconds"}
+TIMING_KEYS = {"attack_seconds", "seconds_per_example", "train_seconds", "fit_seconds", "score_seconds"}
 
 
 def _strip_timing(obj):
@@ -225,6 +225,8 @@ BEFORE = Path(__file__).parent / "fixtures" / "toy_cells_before.json"
 # What the cells spell differently from the fixture without a number changing. Exact equality
 # otherwise, for the legacy protocol below (the official protocol changes numbers on purpose).
 _NEW_RESULT_KEYS = {"auc_official_ties", "mean_distortion_official", "figure4"}
+# Cell kinds added since (beyond the paper): not in the fixture, and they change no other cell.
+_NEW_KINDS = {schema.BASELINE}
 
 
 def _legacy_toy(dataset):
@@ -299,15 +301,17 @@ def test_toy_cells_equal_the_cells_computed_before_the_restructuring(legacy_toy_
     info = json.loads((legacy_toy_run.run_dir / "run.json").read_text())
     settings = dict(info["settings"])
     settings.pop("cwwb_hc_settings")
+    settings.pop("baseline_protocol")  # the Baselines cells (added since): excluded below
     for key in ("l2_from", "attack_eta_leave_one_out"):
         settings["cwwb_settings"].pop(key)
     for key in ("mode", "targets"):
         settings["attack_settings"]["jsma"].pop(key)
     assert settings == before["run"]["settings"]
     # The estimate is a sum of float products whose association order changed (cost model): ulps.
-    assert info["estimated_quiet_cpu_seconds"] == pytest.approx(before["run"]["estimated_quiet_cpu_seconds"],
-                                                                rel=1e-12)
-    records = legacy_toy_run.store.records()
+    added = sum(c.cost for c in legacy_toy_run.cells() if schema.kind(c.name) in _NEW_KINDS)
+    assert info["estimated_quiet_cpu_seconds"] - added == pytest.approx(
+        before["run"]["estimated_quiet_cpu_seconds"], rel=1e-12)
+    records = {n: r for n, r in legacy_toy_run.store.records().items() if schema.kind(n) not in _NEW_KINDS}
     assert sorted(records) == sorted(before["cells"])
     for name, expected in before["cells"].items():
         record = records[name]
@@ -370,3 +374,77 @@ def test_a_model_is_never_trained_by_asking_for_it(tmp_path, data_dir):
     with pytest.raises(InputError, match="run its train cell first"):
         rep.context.model(0, "ce")
     assert not rep.checkpoint_dir(0, "ce").exists()
+
+
+# ------------------------------------------------------------------------------------- baselines
+def test_baselines_cells_use_table2_pairs_and_training_fits(toy_run):
+    """The Baselines cells score Table 2's own adversarial examples on Table 2's counted pairs; their
+    AUCs equal scikit-learn's on the stored scores; the supervised fit used training images only."""
+    p = toy_run.preset
+    checked = 0
+    for obj in schema.OBJECTIVES:
+        r = toy_run.store.load(schema.baselines_cell(obj))["result"]
+        assert r["fit"]["split"] == "train" and r["protocol"]["attack"] == "fgsm"
+        assert r["protocol"]["eps"] == p.eps["fgsm"] and r["fit"]["attacked"] == p.baseline_protocol["n"]
+        assert set(r["attacks"]) == {a.value for a in schema.TABLE2_ATTACKS}
+        for attack, a in r["attacks"].items():
+            assert a["seen"] == (attack == "fgsm")
+            t2 = toy_run.store.load(schema.table2_cell(attack, obj))["result"]["per_example"]
+            for key in ("label", "clean_pred", "adv_pred"):
+                assert a["per_example"][key] == t2[key], (obj, attack, key)
+            counted = schema.counted(a["per_example"])
+            assert a["n_counted"] == int(counted.sum())
+            for m in schema.BASELINES:
+                if not counted.any():
+                    assert a["auc"][m] is None
+                    continue
+                c = np.asarray(a["per_example"]["clean_scores"][m])[counted]
+                adv = np.asarray(a["per_example"]["adv_scores"][m])[counted]
+                expected = sklearn.metrics.roc_auc_score(np.r_[np.ones(c.size), np.zeros(adv.size)], np.r_[c, adv])
+                assert a["auc"][m] == pytest.approx(expected, abs=1e-6)
+                assert 0 <= a["detection_rate"][m] <= 1 and np.isfinite(c).all() and np.isfinite(adv).all()
+                checked += 1
+    assert checked > 0
+
+
+def test_baselines_cell_reuses_table2_examples(toy_run, tmp_path, monkeypatch):
+    """Recomputing a Baselines cell attacks no test image again: every chunked attack is a cache hit."""
+    from rcedetect.reproduce.store import CellStore
+
+    run_dir = tmp_path / "again"
+    shutil.copytree(toy_run.run_dir, run_dir)
+    name = schema.baselines_cell("rce")
+    (run_dir / "cells" / f"{name}.json").unlink()
+    real = CellStore.chunked
+
+    def cache_only(self, key, config, n, chunk, fn, **kwargs):
+        def refuse(start, stop):
+            raise AssertionError(f"{key} re-attacked rows {start}:{stop}")
+        return real(self, key, config, n, chunk, refuse, **kwargs)
+
+    monkeypatch.setattr(CellStore, "chunked", cache_only)
+    rep = Reproduction("mnist", "toy", run_dir, device="cpu", data_dir=toy_run.data_dir, progress=False)
+    result = rep.run(only=[name])[name]
+    assert _strip_timing(result) == _strip_timing(toy_run.store.load(name)["result"])
+
+
+def test_report_has_the_baselines_table_and_renders_without_it(toy_run, tmp_path):
+    run_dir = tmp_path / "with"
+    shutil.copytree(toy_run.run_dir, run_dir, ignore=shutil.ignore_patterns("models", "cache"))
+    md = render_report(run_dir)["markdown"].read_text()
+    section = md.split("## Baselines", 1)[1].split("\n## ", 1)[0]
+    assert "need no adversarial examples at all" in section and "| FGSM | seen |" in section
+    assert "| BIM | unseen |" in section and "Mean (unseen)" in section
+    old = tmp_path / "old"
+    shutil.copytree(run_dir, old)
+    for path in (old / "cells").glob("baselines.*.json"):
+        path.unlink()
+    md = render_report(old)["markdown"].read_text()
+    assert "Baselines table: not computed in this run" in md and "| FGSM | seen |" not in md
+
+
+def test_default_fitting_eps_is_table2s_fgsm_eps():
+    from rcedetect.detectors.supervised import DEFAULT_FIT_EPS
+    from rcedetect.reproduce.presets import SINGLE_EPS
+
+    assert {d: e["fgsm"] for d, e in SINGLE_EPS.items()} == DEFAULT_FIT_EPS

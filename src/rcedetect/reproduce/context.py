@@ -155,22 +155,29 @@ class RunContext:
         return self._models[key]
 
     # ------------------------------------------------------------------------------- detectors
+    def kd_bank(self, which: int, objective) -> dict:
+        """{"features", "labels"} of the K-density bank's training images (cached in RUN/cache): per
+        class a seeded `kd_per_class` subset; also the unsupervised Mahalanobis baseline's data."""
+        params = self.kd_params(objective)
+        kd = KernelDensity(params["bandwidth_sq"], n_per_class=params["n_per_class"], seed=params["seed"])
+        labels = self.train_set.labels
+        index = kd.subset_indices(labels, self.num_classes)
+        config = {"model": self.model_identity(which, objective), "kd": params}
+
+        def compute():
+            model = self.model(which, objective)
+            features = batched_outputs(model, self.train_set.images[index], device=self.device).features
+            return {"features": features, "labels": labels[index]}
+
+        return self.store.cached(f"{self.tag(which, objective)}.kd-bank", config, compute)
+
     def kd(self, which: int, objective) -> KernelDensity:
         """The fitted K-density detector of a model (bank features cached in RUN/cache)."""
         key = (which, objective)
         if key not in self._kds:
             params = self.kd_params(objective)
             kd = KernelDensity(params["bandwidth_sq"], n_per_class=params["n_per_class"], seed=params["seed"])
-            labels = self.train_set.labels
-            index = kd.subset_indices(labels, self.num_classes)
-            config = {"model": self.model_identity(which, objective), "kd": params}
-
-            def compute():
-                model = self.model(which, objective)
-                features = batched_outputs(model, self.train_set.images[index], device=self.device).features
-                return {"features": features, "labels": labels[index]}
-
-            bank = self.store.cached(f"{self.tag(which, objective)}.kd-bank", config, compute)
+            bank = self.kd_bank(which, objective)
             # The bank already holds n_per_class points of each class: fit keeps all of them.
             kd.fit(bank["features"], bank["labels"], num_classes=self.num_classes)
             self._kds[key] = kd

@@ -36,6 +36,11 @@ into every cell's JSON:
 * Histograms (appendix Figures 2-3): noisy inputs are RAND at 0.04 on CIFAR-10 (the paper's value)
   and 0.16 on MNIST (the L-inf budget of the MNIST attacks).
 * Appendix Figure 4 (accuracy under C&W with a fixed c): one binary-search step per c.
+* Baselines (beyond the paper; `detectors/supervised.py`): LID and Mahalanobis-LR are fitted on FGSM
+  at Table 2's eps on `baseline_protocol["n"]` training images (their counted pairs, with matched
+  Gaussian noise), Mahalanobis-LR's Gaussians on `n_gaussian` other training images, the
+  unsupervised Mahalanobis on the K-density bank; no input preprocessing (magnitude 0: the authors'
+  magnitude search is not run). Scored on Table 2's adversarial examples (cache hits).
 * The adaptive attack (beyond the paper) is evaluated at the detector's 5 % FPR threshold,
   worst case over the update rules in `adaptive_settings["methods"]`; eps = 0 is the clean baseline.
 
@@ -125,6 +130,9 @@ class ReproPreset:
     cwwb_settings: dict = field(default_factory=lambda: dict(CWWB_SETTINGS))
     cwwb_hc_settings: dict = field(default_factory=lambda: dict(CWWB_HC_SETTINGS))
     figure4_images: int = 8
+    # The supervised baselines' fitting (keys of `detectors.supervised.FitProtocol` besides attack/eps/seed).
+    baseline_protocol: dict = field(default_factory=lambda: {"n": 1000, "n_gaussian": 20_000, "magnitude": 0.0,
+                                                             "k": 20, "lid_batch_size": 100})
     adaptive_eps: tuple = (0.0, 0.04, 0.1, 0.2)
     adaptive_n: int = 1000
     adaptive_metrics: tuple = tuple(m.value for m in PAPER_METRICS)
@@ -175,6 +183,7 @@ def quick(dataset) -> ReproPreset:
                                   "binary_search_steps": 3, "max_iters": 200, "lr": 0.1},
         cwwb_hc_settings={**CWWB_HC_SETTINGS, "binary_search_steps": 3},
         adaptive_eps=(0.0, 0.04, 0.1, 0.2) if dataset == Dataset.MNIST else (0.0, 0.01, 0.02, 0.04),
+        baseline_protocol={"n": 500, "n_gaussian": 2000, "magnitude": 0.0, "k": 20, "lid_batch_size": 100},
         adaptive_n=40, adaptive_settings={"steps": 10, "restarts": 1, "norm": Norm.LINF.value,
                                           "methods": [PGDMethod.LOGIT.value, PGDMethod.SELECTIVE.value]},
     )
@@ -195,6 +204,7 @@ def toy(dataset) -> ReproPreset:
                                  "binary_search_steps": 1, "max_iters": 10, "attack_bank_size": 10},
         cwwb_hc_settings={**CWWB_HC_SETTINGS, "binary_search_steps": 1},
         figure4_images=4, adaptive_eps=(0.0, 0.3), adaptive_n=8,
+        baseline_protocol={"n": 64, "n_gaussian": 200, "magnitude": 0.0, "k": 10, "lid_batch_size": 24},
         adaptive_settings={"steps": 3, "restarts": 1, "norm": Norm.LINF.value, "methods": [PGDMethod.LOGIT.value]},
     )
 

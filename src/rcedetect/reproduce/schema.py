@@ -7,6 +7,7 @@ spelling f-strings. Names, in run order:
     train.resnet<depth>-<obj>           Table 1 rows (and the models everything else attacks)
     detector.resnet<depth>-<obj>        K-density bank, calibration scores, FPR thresholds
     table2.<attack>.<obj>               Table 2 (and the measured times of appendix Table 1)
+    baselines.<obj>                     the Baselines table: LID, Mahalanobis on Table 2's pairs
     tsne.<obj>                          Figure 1 right
     rand.<obj>                          appendix Figure 1, noisy inputs of appendix Figures 2-3
     fig3.<attack>.<obj>                 Figure 3
@@ -19,16 +20,17 @@ spelling f-strings. Names, in run order:
 import numpy as np
 
 from ..evaluation import counting_mask
-from ..names import PAPER_METRICS, Attack, Metric, Objective
+from ..names import BASELINE_METRICS, PAPER_METRICS, Attack, Metric, Objective
 
 OBJECTIVES = tuple(Objective)
 METRICS = PAPER_METRICS
+BASELINES = BASELINE_METRICS  # the Baselines table's detectors, in its column order
 TABLE2_ATTACKS = (Attack.FGSM, Attack.BIM, Attack.ILCM, Attack.JSMA, Attack.CW, Attack.CW_HC)
 FIG3_ATTACKS = (Attack.FGSM, Attack.BIM, Attack.ILCM, Attack.JSMA)
 
 # Cell kinds: the first dot-separated part of a cell name (`--only` prefixes).
-TRAIN, DETECTOR, TABLE2, TSNE, RAND, FIG3, TABLE3, TABLE4, CWC, ADAPTIVE = (
-    "train", "detector", "table2", "tsne", "rand", "fig3", "table3", "table4", "cwc", "adaptive")
+TRAIN, DETECTOR, TABLE2, TSNE, RAND, FIG3, TABLE3, TABLE4, CWC, ADAPTIVE, BASELINE = (
+    "train", "detector", "table2", "tsne", "rand", "fig3", "table3", "table4", "cwc", "adaptive", "baselines")
 
 
 def model_tag(depth: int, objective) -> str:
@@ -46,6 +48,10 @@ def detector_cell(depth: int, objective) -> str:
 
 def table2_cell(attack, objective) -> str:
     return f"{TABLE2}.{attack}.{objective}"
+
+
+def baselines_cell(objective) -> str:
+    return f"{BASELINE}.{objective}"
 
 
 def tsne_cell(objective) -> str:
@@ -88,6 +94,8 @@ AUC, DETECTION_RATE, ROBUST_ACCURACY = "auc", "detection_rate", "robust_accuracy
 AUC_OFFICIAL_TIES = "auc_official_ties"  # {metric: AUC with AUC.m's tie rule (ties count 0)}
 FIGURE4 = "figure4"            # table3.k0 cells: the images of Figure 4
 HIST = "hist"                  # rand cells: K-density of clean / noisy inputs (appendix Figures 2-3)
+ATTACKS_BLOCK = "attacks"      # baselines cells: {attack: {SEEN, n, n_counted, AUC, DETECTION_RATE, PER_EXAMPLE}}
+SEEN = "seen"                  # the attack the supervised baselines were fitted on
 
 
 def counted(per_example: dict) -> np.ndarray:

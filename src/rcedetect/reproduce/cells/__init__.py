@@ -8,11 +8,12 @@ that model (training is an explicit step, never a side effect of asking for a mo
 
 from ..schema import FIG3_ATTACKS, OBJECTIVES, TABLE2_ATTACKS
 from .base import Cell
+from .baselines import BaselinesCell
 from .models import DetectorCell, TrainCell
 from .oblivious import CwcCell, Fig3Cell, RandCell, Table2Cell, TsneCell, detection_result
 from .threat import AdaptiveCell, Table3Cell, Table4Cell
 
-__all__ = ["Cell", "AdaptiveCell", "CwcCell", "DetectorCell", "Fig3Cell", "RandCell", "Table2Cell", "Table3Cell",
+__all__ = ["Cell", "AdaptiveCell", "BaselinesCell", "CwcCell", "DetectorCell", "Fig3Cell", "RandCell", "Table2Cell", "Table3Cell",
            "Table4Cell", "TrainCell", "TsneCell", "detection_result", "plan"]
 
 
@@ -27,6 +28,7 @@ def plan(preset) -> list:
     return [
         *_model_cells(preset, 0),
         *(Table2Cell(a, o) for a in TABLE2_ATTACKS for o in OBJECTIVES),
+        *(BaselinesCell(o) for o in OBJECTIVES),  # after Table 2: its adversarial examples are cache hits
         *(TsneCell(o) for o in OBJECTIVES),
         *(RandCell(o) for o in OBJECTIVES),
         *(Fig3Cell(a, o) for a in FIG3_ATTACKS for o in OBJECTIVES),
