@@ -347,3 +347,50 @@ def test_saved_beside_a_checkpoint_with_the_existing_persistence(tmp_path, monke
     expected = preprocess_inputs(lambda v: taps(v).features["fc:input"], x[:5], metric.means_, metric.precision_,
                                  magnitude=0.002)
     torch.testing.assert_close(metric.preprocess(model, x[:5], magnitude=0.002), expected)
+
+
+# ------------------------------------------------------------------- the supervised fitting protocol
+def test_matched_noise_has_each_images_adversarial_l2_and_fitting_indices_are_disjoint():
+    from rcedetect.detectors.supervised import FitProtocol, fitting_indices, matched_noise
+
+    g = torch.Generator().manual_seed(3)
+    x = torch.full((6, 1, 8, 8), 0.5)
+    x_adv = x + 0.01 * torch.randn(x.shape, generator=g)  # small: no clipping at 0 or 1
+    noisy = matched_noise(x, x_adv, seed=1)
+    torch.testing.assert_close((noisy - x).flatten(1).norm(dim=1), (x_adv - x).flatten(1).norm(dim=1))
+    assert not torch.allclose(noisy, x_adv)
+    assert torch.equal(noisy, matched_noise(x, x_adv, seed=1))
+    protocol = FitProtocol(eps=0.1, n=300, n_gaussian=500)
+    fit, gauss = fitting_indices(1000, protocol)
+    assert fit.numel() == 300 and gauss.numel() == 500 and not set(fit.tolist()) & set(gauss.tolist())
+    assert torch.equal(fit, fitting_indices(1000, protocol)[0])
+    with pytest.raises(InputError, match="training images"):
+        fitting_indices(700, protocol)
+    with pytest.raises(InputError, match="not supported"):
+        FitProtocol(eps=0.1, attack="cw")
+
+
+def test_baseline_inputs_equal_the_layer_taps_path():
+    """One forward pass with raw taps gives what the detectors get from `collect_layer_features`."""
+    from rcedetect.detectors.supervised import baseline_inputs
+    from rcedetect.names import Metric
+
+    model = resnet(depth=8, in_channels=1, num_classes=10).eval()
+    x = torch.rand(70, 1, 28, 28, generator=torch.Generator().manual_seed(4))
+    y = torch.arange(70) % 10
+    layers = default_layers(model)
+    flat = collect_layer_features(model, x, layers, reduce="flatten")
+    mean = collect_layer_features(model, x, layers, reduce="mean")
+    noisy = collect_layer_features(model, (x + 0.1 * torch.rand(x.shape)).clamp(0, 1), layers, reduce="flatten")
+    adv = collect_layer_features(model, (x + 0.4 * torch.rand(x.shape)).clamp(0, 1), layers, reduce="flatten")
+    lid = LIDDetector(k=5, batch_size=35).fit(flat, noisy, adv)
+    mlr = MahalanobisDetector().fit_gaussians(mean, y, num_classes=10)
+    mlr.fit_regression(mlr.layer_scores(mean), None, mlr.layer_scores(
+        collect_layer_features(model, (x + 0.4 * torch.rand(x.shape)).clamp(0, 1), layers, reduce="mean")))
+    unsup = MahalanobisMetric().fit(mean.features["fc:input"], y, num_classes=10)
+    inputs, logits = baseline_inputs(model, {"lid": lid, "mahalanobis-lr": mlr, "mahalanobis": unsup}, x,
+                                     batch_size=32)
+    torch.testing.assert_close(logits, flat.output)
+    torch.testing.assert_close(inputs[Metric.LID], lid.characteristics(flat))
+    torch.testing.assert_close(inputs[Metric.MAHALANOBIS_LR], mlr.layer_scores(mean))
+    torch.testing.assert_close(inputs[Metric.MAHALANOBIS], model.forward_features(x).features)
