@@ -113,6 +113,9 @@ class MahalanobisMetric:
     `fit(model_output_or_features (N, d), labels)` estimates the class means and tied covariance (on all
     the rows given: Lee et al. use the whole training set); `score(model_output)` is M on
     `ModelOutput.features` (or an (N, d) tensor), (N,), higher = more normal, differentiable.
+    Args (keyword-only): n_per_class, seed -- which training rows `subset_indices` selects for callers
+    that compute features first (None: all of them, Lee et al.'s choice; else the K-density bank's
+    seeded per-class rule, so `rcedetect detect` fits on the bank's images).
     Fitted state: `means_` (C, d), `covariance_` (d, d), `precision_` (d, d), float64 CPU.
     """
 

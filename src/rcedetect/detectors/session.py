@@ -75,8 +75,7 @@ class DetectorSettings:
             raise InputError(f"batch_size (--batch-size) must be >= 1, got {self.batch_size}")
         if self.bandwidth_sq is not None and not self.bandwidth_sq > 0:
             raise InputError(f"bandwidth_sq (--bandwidth-sq) must be positive, got {self.bandwidth_sq}")
-        if self.fit_eps is not None:
-            self.protocol("mnist")  # validates the fitting settings now, with one-line errors
+        self.protocol("mnist")  # validates the fitting settings now (any dataset: eps aside they agree)
 
     def protocol(self, dataset):
         """The `FitProtocol` of the supervised baselines for a checkpoint of `dataset`."""
