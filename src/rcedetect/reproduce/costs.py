@@ -1,7 +1,7 @@
 """Estimated seconds of a reproduction's cells on a quiet 2-core CPU: the weights of the overall ETA.
 
 `COSTS` holds the measured-order per-image costs of one ResNet-32 forward / forward+backward on a
-quiet 2-core CPU (MNIST; training: ~0.30 s per batch-128 step, i.e. ~4 min for the quick 800
+quiet 2-core CPU (MNIST; training: ~0.30 s per batch-128 step, i.e. ~2.5 min for the quick 500
 steps). Other depths scale with the number of residual blocks; CIFAR-10 with the input area
 (32x32x3 stem vs 28x28x1: the body dominates, ~1.3x). Each cell prices itself (`Cell.cost`) in
 these units; the ETA shown while running adapts to the machine's real speed.
