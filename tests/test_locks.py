@@ -111,6 +111,7 @@ def test_readers_never_block(tmp_path, hold, capsys, checkpoint, mnist_test):
     args = ["detect", str(checkpoint), "--metric", "non-me", "--input", str(tmp_path / "x.npy"), "--calibration-size",
             "100", "--device", "cpu"]
     assert main(args) == 0  # fits and saves (takes and releases the lock)
+    capsys.readouterr()
     proc = hold(checkpoint)
     assert main(args) == 0 and len(capsys.readouterr().out.strip().splitlines()) == 4  # header + 3 inputs
     # ... but refitting is a write: refused with the holder's PID
