@@ -91,7 +91,8 @@ def _load_train_state(path: Path, model, optimizer, config: TrainConfig):
     params = [p for group in optimizer.param_groups for p in group["params"]]
     for i, p in enumerate(params):
         if f"momentum.{i}" in tensors:
-            optimizer.state[p]["momentum_buffer"] = tensors[f"momentum.{i}"].to(p.device).clone()
+            # in the parameter's memory layout (channels_last), as SGD creates it: bit-identical steps
+            optimizer.state[p]["momentum_buffer"] = torch.empty_like(p).copy_(tensors[f"momentum.{i}"])
     return int(metadata["step"]), float(metadata.get("train_seconds", "0"))
 
 
