@@ -317,3 +317,25 @@ def test_bad_input_is_one_line_and_changes_nothing(name, world, capsys, monkeypa
         assert part in message, (name, part, message)
     assert ": " in message[len("error: "):], (name, "no fix after the problem", message)
     assert _snapshot(world) == before, (name, "files were created or changed")
+
+
+def test_the_guards_let_ordinary_inputs_through(tmp_path):
+    """What the untrusted-file guards accept: a torch.save tensor (its pickle only rebuilds a tensor), a
+    .safetensors file (one tensor, or the x_adv of `rcedetect attack`), a numeric .npy, a small PNG."""
+    from PIL import Image
+
+    from rcedetect.inputs import read_array
+
+    x = torch.rand(2, 1, 28, 28)
+    torch.save(x, tmp_path / "x.pt")
+    assert np.array_equal(read_array(tmp_path / "x.pt"), x.numpy())
+    from safetensors.torch import save_file
+
+    save_file({"only": x}, str(tmp_path / "one.safetensors"))
+    save_file({"x": x * 0, "x_adv": x, "labels": torch.zeros(2, dtype=torch.int64)}, str(tmp_path / "adv.safetensors"))
+    assert np.array_equal(read_array(tmp_path / "one.safetensors"), x.numpy())
+    assert np.array_equal(read_array(tmp_path / "adv.safetensors"), x.numpy())
+    np.save(tmp_path / "x.npy", x.numpy())
+    assert np.array_equal(read_array(tmp_path / "x.npy"), x.numpy())
+    Image.fromarray((x[0, 0].numpy() * 255).astype(np.uint8), mode="L").save(tmp_path / "x.png")
+    assert read_array(tmp_path / "x.png").shape == (1, 1, 28, 28)
