@@ -46,7 +46,9 @@ def main() -> int:
             failed = any(child.tag in ("failure", "error") for child in case)
             skipped = any(child.tag == "skipped" for child in case)
             cases.append((case.get("classname", "").split(".")[-1], case.get("name"), failed, skipped))
-        kills = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+        entries = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+        kills = [e for e in entries if e["kind"] == "kill"]
+        notes = [e for e in entries if e["kind"] == "note"]
 
     bad = [c for c in cases if c[0] == "test_bad_inputs" and c[1].startswith("test_bad_input_is_one_line")]
     print(f"\nbad inputs: {len(bad)} tried, {sum(not f and not s for _, _, f, s in bad)} passed"
@@ -57,6 +59,8 @@ def main() -> int:
               f"resumed identically")
         for k in points:
             print(f"    {k['where']}")
+    for note in notes:
+        print(f"note ({note['command']}): {note['where']}")
     total = survived = 0
     for kind, (stem, prefixes) in FAULTS.items():
         group = [c for c in cases if c[0] == stem and c[1].startswith(prefixes)]

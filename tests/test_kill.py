@@ -197,10 +197,26 @@ def _kill_train(tmp_path, kills: int, steps: int):
     identical = sha256_file(out / "model.safetensors") == reference
     for step in landed:
         _log(kind="kill", command="train", where=f"after saved step {step}", resumed_identical=identical)
+    if not identical:
+        _uninterrupted_runs_agree(tmp_path, steps, reference, landed)
     assert identical, landed
     assert not state.exists()
     assert sum(1 for s in landed if s != "finished") >= max(1, kills - 1), landed
     return landed
+
+
+def _uninterrupted_runs_agree(tmp_path, steps, reference, landed):
+    """After a mismatch: whether a second uninterrupted run in a fresh process reproduces the reference.
+    If it does not, this machine's CPU kernels are not bitwise reproducible across processes (measured
+    here at times: see docs/reliability.md) and a resume cannot be judged bit for bit: xfail, saying so."""
+    from rcedetect.files import sha256_file
+
+    subprocess.run(_train(tmp_path / "reference2", steps), env=_env(), check=True, capture_output=True)
+    again = sha256_file(tmp_path / "reference2" / "model.safetensors")
+    _log(kind="note", command="train", where=f"second uninterrupted run {'equals' if again == reference else 'differs'}")
+    if again != reference:
+        pytest.xfail(f"two uninterrupted training runs in fresh processes differ bitwise ({reference[:12]} vs "
+                     f"{again[:12]}): resume after kills at {landed} cannot be judged bit for bit here")
 
 
 @pytest.mark.slow

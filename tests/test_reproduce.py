@@ -388,7 +388,7 @@ def test_every_cell_records_the_weights_it_used(toy_run):
 
 def test_report_refuses_cells_of_other_weights_and_a_resume_recomputes_them(toy_run, tmp_path, capsys):
     run_dir = tmp_path / "copy"
-    shutil.copytree(toy_run.run_dir, run_dir, ignore=shutil.ignore_patterns("cache"))
+    shutil.copytree(toy_run.run_dir, run_dir, ignore=shutil.ignore_patterns("cache", "report.*", "checks.json"))
     path = run_dir / "cells" / "table2.fgsm.ce.json"
     record = json.loads(path.read_text())
     record["weights_sha256"]["resnet8-ce"] = "0" * 64  # computed from other weights of the same model
