@@ -448,3 +448,39 @@ def test_default_fitting_eps_is_table2s_fgsm_eps():
     from rcedetect.reproduce.presets import SINGLE_EPS
 
     assert {d: e["fgsm"] for d, e in SINGLE_EPS.items()} == DEFAULT_FIT_EPS
+
+
+# ------------------------------------------------------------------------- evaluation integrity
+def test_every_cell_records_the_weights_it_used(toy_run):
+    """Each cell stores the sha256 of every checkpoint its config names, and the run it belongs to."""
+    from rcedetect.files import sha256_file
+
+    hashes = {p.parent.name: sha256_file(p) for p in (toy_run.run_dir / "models").glob("*/model.safetensors")}
+    for cell in toy_run.cells():
+        record = toy_run.store.load(cell.name)
+        assert record["run"] == {"dataset": "mnist", "preset": "toy"}, cell.name
+        weights = record["weights_sha256"]
+        assert weights and all(hashes[tag] == sha for tag, sha in weights.items()), cell.name
+    assert set(toy_run.store.load("table4.ce-to-rce")["weights_sha256"]) == {"resnet8-ce", "resnet14-rce"}
+
+
+def test_report_refuses_cells_of_other_weights_and_a_resume_recomputes_them(toy_run, tmp_path, capsys):
+    run_dir = tmp_path / "copy"
+    shutil.copytree(toy_run.run_dir, run_dir, ignore=shutil.ignore_patterns("cache", "report.*", "checks.json"))
+    path = run_dir / "cells" / "table2.fgsm.ce.json"
+    record = json.loads(path.read_text())
+    record["weights_sha256"]["resnet8-ce"] = "0" * 64  # computed from other weights of the same model
+    path.write_text(json.dumps(record))
+    assert main(["report", str(run_dir)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "different weights of resnet8-ce" in err and len(err.splitlines()) == 1
+    assert not (run_dir / "report.md").exists()
+    # The stale cell is not "done": reproducing recomputes it from the current weights, and the report renders.
+    rep = Reproduction("mnist", "toy", run_dir, device="cpu", data_dir=toy_run.data_dir, progress=False)
+    config = next(c.config for c in rep.cells() if c.name == "table2.fgsm.ce")
+    assert not rep.store.is_done("table2.fgsm.ce", config, weights=rep.context.weights_sha256(config))
+    rep.run(only=["table2.fgsm.ce"])
+    fresh = json.loads(path.read_text())
+    assert fresh["weights_sha256"] == toy_run.store.load("table2.fgsm.ce")["weights_sha256"]
+    assert _strip_timing(fresh["result"]) == _strip_timing(toy_run.store.load("table2.fgsm.ce")["result"])
+    assert main(["report", str(run_dir)]) == 0

@@ -60,6 +60,8 @@ def _resolve_directory(path) -> Path:
     path = Path(path).expanduser()
     if path.is_file() and path.suffix in (".safetensors", ".json"):
         path = path.parent
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {path} does not exist: pass the --out folder of 'rcedetect train'")
     if not (path / WEIGHTS_FILE).exists() or not (path / SIDECAR_FILE).exists():
         raise CheckpointError(
             f"{path} is not a checkpoint folder (needs {WEIGHTS_FILE} and {SIDECAR_FILE}): "
@@ -68,20 +70,33 @@ def _resolve_directory(path) -> Path:
     return path
 
 
-def load_checkpoint(path, device="cpu") -> LoadedCheckpoint:
-    """Load a trained model, validating the sidecar against the weights; the model is in eval mode."""
+def read_sidecar(path):
+    """(folder, sidecar dict, TrainConfig) of a checkpoint, from its JSON sidecar alone (the weights are
+    not read): what the command line checks options against before loading anything."""
     directory = _resolve_directory(path)
     try:
         sidecar = json.loads((directory / SIDECAR_FILE).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CheckpointError(f"{directory / SIDECAR_FILE} is not valid JSON ({exc}): re-run training to recreate it") from exc
-    if sidecar.get("format") != FORMAT:
+    if not isinstance(sidecar, dict) or sidecar.get("format") != FORMAT:
+        sidecar = sidecar if isinstance(sidecar, dict) else {}
         raise CheckpointError(f"{directory / SIDECAR_FILE} has format {sidecar.get('format')!r}, expected {FORMAT!r}: "
                               f"re-train with this version of rcedetect")
     try:
         config = TrainConfig.from_dict(sidecar["config"])
     except (KeyError, TypeError, RceDetectError) as exc:
         raise CheckpointError(f"{directory / SIDECAR_FILE} has an invalid config ({exc}): re-train the model") from exc
+    return directory, sidecar, config
+
+
+def checkpoint_config(path) -> TrainConfig:
+    """The `TrainConfig` of the checkpoint at `path` (sidecar only; see `read_sidecar`)."""
+    return read_sidecar(path)[2]
+
+
+def load_checkpoint(path, device="cpu") -> LoadedCheckpoint:
+    """Load a trained model, validating the sidecar against the weights; the model is in eval mode."""
+    directory, sidecar, config = read_sidecar(path)
     state, metadata = read_tensors(directory / WEIGHTS_FILE)
     if metadata.get("config") and json.loads(metadata["config"]) != config.to_json_dict():
         raise CheckpointError(f"{directory}: {SIDECAR_FILE} does not match the config stored in {WEIGHTS_FILE}: "

@@ -91,9 +91,9 @@ def preset_config(dataset: str, objective: str, preset: str = Preset.QUICK, dept
         raise RceDetectError(f"unknown training preset {preset!r}: choose {' or '.join(PRESETS)}")
     total = steps if steps is not None else (PAPER_STEPS if preset == Preset.PAPER else QUICK_STEPS)[dataset]
     if depth < 8 or (depth - 2) % 6:
-        raise RceDetectError(f"--depth must be 6n+2 (32 or 56 in the paper), got {depth}")
+        raise RceDetectError(f"--depth must be 6n+2 (32 or 56 in the paper), got {depth}: pass e.g. --depth 32")
     if total < 1:
-        raise RceDetectError(f"--steps must be positive, got {total}")
+        raise RceDetectError(f"--steps must be positive, got {total}: pass e.g. --steps 1000")
     boundaries = tuple(max(1, round(f * total)) for f in LR_BOUNDARY_FRACTIONS[dataset])
     return TrainConfig(
         dataset=dataset, objective=objective, depth=depth, steps=total, lr_boundaries=boundaries,

@@ -27,8 +27,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import DataError
-from .files import hash_file
+from .errors import DataError, RceDetectError
+from .files import atomic_target, hash_file
 from .names import Dataset
 
 ENV_DATA_DIR = "RCEDETECT_DATA_DIR"
@@ -69,6 +69,14 @@ DATASETS = {
     Dataset.CIFAR10: DatasetInfo(Dataset.CIFAR10, in_channels=3, image_size=32, num_classes=10),
 }
 SPLITS = ("train", "test")
+# Images per split (the canonical files; checked when they are read): what counts are validated against
+# before any data is loaded.
+SPLIT_SIZES = {Dataset.MNIST: {"train": 60_000, "test": 10_000}, Dataset.CIFAR10: {"train": 50_000, "test": 10_000}}
+
+
+def split_size(name, split: str) -> int:
+    """Number of images of `split` of dataset `name`, without loading it."""
+    return SPLIT_SIZES[Dataset.coerce(name, "dataset")][split]
 
 
 @dataclass(frozen=True)
@@ -108,31 +116,30 @@ def verify_md5(path: Path, expected: str) -> None:
 
 
 def _download(urls, filename: str, destination: Path, expected_md5: str) -> None:
-    """Download to a temporary file beside `destination`, verify md5, then rename into place."""
+    """Download into a temp file beside `destination`, verify its md5, then rename it into place
+    (`files.atomic_target`: a failed or interrupted download leaves nothing behind)."""
     from tqdm.auto import tqdm
 
-    destination.parent.mkdir(parents=True, exist_ok=True)
     errors = []
     for base in urls:
         url = base + filename if base.endswith("/") else base
-        fd, tmp_name = tempfile.mkstemp(dir=destination.parent, prefix=f".{filename}.", suffix=".part")
-        tmp = Path(tmp_name)
         try:
-            with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as response:
-                total = int(response.headers.get("Content-Length") or 0) or None
-                with tqdm(total=total, unit="B", unit_scale=True, desc=f"download {filename}") as bar:
-                    while block := response.read(1 << 20):
-                        out.write(block)
-                        bar.update(len(block))
-            actual = md5sum(tmp)
-            if actual != expected_md5:
-                raise DataError(f"downloaded {url} has md5 {actual}, expected {expected_md5}")
-            os.replace(tmp, destination)
+            with atomic_target(destination) as tmp:
+                try:
+                    with open(tmp, "wb") as out, urllib.request.urlopen(url, timeout=60) as response:
+                        total = int(response.headers.get("Content-Length") or 0) or None
+                        with tqdm(total=total, unit="B", unit_scale=True, desc=f"download {filename}") as bar:
+                            while block := response.read(1 << 20):
+                                out.write(block)
+                                bar.update(len(block))
+                except OSError as exc:  # network errors are OSErrors too: not a write failure
+                    raise DataError(f"{url}: {exc}") from exc
+                actual = md5sum(Path(tmp))
+                if actual != expected_md5:
+                    raise DataError(f"downloaded {url} has md5 {actual}, expected {expected_md5}")
             return
-        except (OSError, DataError) as exc:
-            errors.append(f"{url}: {exc}")
-        finally:
-            tmp.unlink(missing_ok=True)
+        except RceDetectError as exc:
+            errors.append(str(exc))
     raise DataError(
         f"could not download {filename} ({'; '.join(errors)}): place the file at {destination} "
         f"by hand or point --data-dir / ${ENV_DATA_DIR} at a folder that has it"

@@ -42,7 +42,7 @@ def _fsync_folder(folder: Path) -> None:
 
 
 @contextmanager
-def _atomic_target(path):
+def atomic_target(path):
     """Yield the path of a temp file beside `path`; once the block has written it completely it is
     fsync'ed, given the umask's permissions and renamed over `path`. On any error the temp file is
     removed and `path` is left as it was; OSErrors become one `OutputError` naming the path."""
@@ -68,9 +68,20 @@ def _atomic_target(path):
             Path(tmp).unlink(missing_ok=True)
 
 
+def ensure_folder(folder) -> Path:
+    """Create `folder` (and its parents) if missing; an OSError becomes one `OutputError`."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"could not create the folder {folder} ({exc.strerror or exc}): choose a writable "
+                          f"location (no regular file on the path) and run again") from exc
+    return folder
+
+
 def atomic_write_bytes(path, data: bytes) -> None:
     """Write `data` to `path` atomically (temp file, fsync, rename, fsync of the folder)."""
-    with _atomic_target(path) as tmp:
+    with atomic_target(path) as tmp:
         with open(tmp, "wb") as f:
             f.write(data)
 
@@ -89,7 +100,7 @@ def atomic_save_tensors(path, tensors: dict, metadata=None) -> None:
     """Save `tensors` (moved to CPU, made contiguous) with string `metadata` as a safetensors file, atomically."""
     from safetensors.torch import save_file
 
-    with _atomic_target(path) as tmp:
+    with atomic_target(path) as tmp:
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
 
 
@@ -125,5 +136,5 @@ def sha256_file(path) -> str:
     return hash_file(path, "sha256")
 
 
-__all__ = ["atomic_write_bytes", "atomic_write_text", "atomic_write_json", "atomic_save_tensors", "read_tensors",
+__all__ = ["atomic_target", "ensure_folder", "atomic_write_bytes", "atomic_write_text", "atomic_write_json", "atomic_save_tensors", "read_tensors",
            "hash_file", "sha256_bytes", "sha256_file"]

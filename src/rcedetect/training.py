@@ -23,6 +23,8 @@ from .data import load_dataset
 from .devices import resolve_device
 from .errors import CheckpointError, RceDetectError
 from .files import atomic_save_tensors, read_tensors
+from .locks import FolderLock
+from .validate import output_folder
 from .inference import accuracy
 from .losses import OBJECTIVES
 
@@ -59,9 +61,7 @@ def _save_train_state(path: Path, model, optimizer, config: TrainConfig, step: i
     atomic_save_tensors(path, tensors, metadata)
 
 
-def _load_train_state(path: Path, model, optimizer, config: TrainConfig):
-    tensors, metadata = read_tensors(path)
-    saved = json.loads(metadata.get("config", "{}"))
+def _check_same_config(path: Path, saved: dict, config: TrainConfig) -> None:
     current = config.to_json_dict()
     if saved != current:
         changed = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
@@ -69,29 +69,75 @@ def _load_train_state(path: Path, model, optimizer, config: TrainConfig):
             f"{path} belongs to a run with other settings (differs in {', '.join(changed)}): "
             f"resume with the same options, or use a new --out"
         )
+
+
+def _saved_state_config(path: Path) -> dict:
+    """The config stored in a train state's header (the tensors are not read)."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+        return json.loads(metadata.get("config", "{}"))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{path} is not a readable training state ({exc}): delete it to start the run "
+                              f"again from step 0, or use a new --out") from exc
+
+
+def _load_train_state(path: Path, model, optimizer, config: TrainConfig):
+    tensors, metadata = read_tensors(path)
+    _check_same_config(path, json.loads(metadata.get("config", "{}")), config)
     model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
     params = [p for group in optimizer.param_groups for p in group["params"]]
     for i, p in enumerate(params):
         if f"momentum.{i}" in tensors:
-            optimizer.state[p]["momentum_buffer"] = tensors[f"momentum.{i}"].to(p.device).clone()
+            # in the parameter's memory layout (channels_last), as SGD creates it: bit-identical steps
+            optimizer.state[p]["momentum_buffer"] = torch.empty_like(p).copy_(tensors[f"momentum.{i}"])
     return int(metadata["step"]), float(metadata.get("train_seconds", "0"))
 
 
 def train(config: TrainConfig, out_dir, *, device="cpu", resume: bool = False, progress: bool = True,
           data_dir=None) -> Path:
-    """Train a model as `config` says, saving to `out_dir`; returns the checkpoint folder."""
-    from tqdm.auto import tqdm
+    """Train a model as `config` says, saving to `out_dir`; returns the checkpoint folder.
 
-    out_dir = Path(out_dir)
+    Holds `out_dir`'s folder lock while it trains (`rcedetect.locks`): a second writer is refused with the
+    holder's PID."""
+    out_dir = output_folder(out_dir, "--out")
     device = resolve_device(device) if isinstance(device, str) else device
+    augment = augmentation_of(config.augment)
+    _check_out_dir(out_dir, config, resume)
+    if resume and (out_dir / WEIGHTS_FILE).exists() and not (out_dir / TRAIN_STATE_FILE).exists():
+        return out_dir  # already finished with these settings: nothing to continue
+    # One writer per checkpoint folder: a second `train` (or a reproduction training the same model) is refused.
+    with FolderLock(out_dir, "training"):
+        _check_out_dir(out_dir, config, resume)  # again under the lock: another process may have finished it
+        if resume and (out_dir / WEIGHTS_FILE).exists() and not (out_dir / TRAIN_STATE_FILE).exists():
+            return out_dir
+        return _train(config, out_dir, device=device, resume=resume, progress=progress, data_dir=data_dir,
+                      augment=augment)
+
+
+def _check_out_dir(out_dir: Path, config: TrainConfig, resume: bool) -> None:
+    """Refuse, before any data is loaded, an --out that holds another run or a finished one without --resume."""
     state_path = out_dir / TRAIN_STATE_FILE
     if (out_dir / WEIGHTS_FILE).exists() and not state_path.exists():
-        if resume:
-            return out_dir  # already finished: nothing to continue
-        raise RceDetectError(f"{out_dir} already holds a trained model: choose another --out, or delete it to re-train")
-    if state_path.exists() and not resume:
-        raise RceDetectError(f"{out_dir} holds an unfinished run: pass --resume to continue it, or choose another --out")
-    augment = augmentation_of(config.augment)
+        if not resume:
+            raise RceDetectError(f"{out_dir} already holds a trained model: choose another --out, or delete it "
+                                 f"to re-train")
+        from .checkpoints import checkpoint_config
+
+        _check_same_config(out_dir / WEIGHTS_FILE, checkpoint_config(out_dir).to_json_dict(), config)
+    if state_path.exists():
+        if not resume:
+            raise RceDetectError(f"{out_dir} holds an unfinished run: pass --resume to continue it, or choose "
+                                 f"another --out")
+        _check_same_config(state_path, _saved_state_config(state_path), config)
+
+
+def _train(config: TrainConfig, out_dir: Path, *, device, resume: bool, progress: bool, data_dir, augment) -> Path:
+    from tqdm.auto import tqdm
+
+    state_path = out_dir / TRAIN_STATE_FILE
 
     train_set = load_dataset(config.dataset, "train", data_dir)
     test_set = load_dataset(config.dataset, "test", data_dir)

@@ -163,13 +163,30 @@ class AttackSpec:
             return None
         return chosen(model, x, y, 0 if seed is None else seed, start)
 
+    def check_eps(self, eps, flag: str = "eps") -> None:
+        """Refuse a missing, superfluous or out-of-range `eps` (on [0, 1] images): the L-inf attacks take
+        a budget in (0, 1], RAND a noise amplitude in [0, 1], JSMA a feature change theta in [-1, 1] \\ {0}."""
+        from .. import validate
+
+        if self.eps_setting is None and eps is not None:
+            raise InputError(f"attack {self.name} takes no eps: drop {flag}")
+        if self.eps_required and eps is None:
+            raise InputError(f"attack {self.name} needs --eps / eps= (the L-inf budget in [0, 1] pixel units): "
+                             f"e.g. --eps 0.1")
+        if eps is None:
+            return
+        if self.eps_setting == "theta":
+            validate.number(eps, flag, low=-1.0, high=1.0, meaning=f"{self.name}'s change of a [0, 1] feature")
+            if eps == 0:
+                raise InputError(f"{flag} 0 makes {self.name} change nothing: pass a feature change in [-1, 1], "
+                                 f"e.g. {flag} 1")
+        else:
+            validate.budget(eps, self.distance, flag, allow_zero=self.name == Attack.RAND)
+
     def check_arguments(self, *, eps=None, target=None, seed=None, settings=None) -> None:
         """Refuse, with one `InputError`, what this attack does not take (see the module docstring)."""
         settings = dict(settings or {})
-        if self.eps_setting is None and eps is not None:
-            raise InputError(f"attack {self.name} takes no eps: drop it")
-        if self.eps_required and eps is None:
-            raise InputError(f"attack {self.name} needs eps (the L-inf budget in [0, 1] pixel units): e.g. --eps 0.1")
+        self.check_eps(eps)
         if eps is not None and self.eps_setting in settings:
             raise InputError(f"attack {self.name}: eps is its {self.eps_setting}; pass eps or {self.eps_setting}, "
                              f"not both")

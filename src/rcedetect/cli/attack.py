@@ -81,11 +81,58 @@ def register(subparsers) -> None:
     parser.set_defaults(func=run)
 
 
+def check_arguments(args, attack) -> None:
+    """Every option and input of `rcedetect attack`, before the checkpoint's weights or any data are
+    loaded (ranges per attack and norm, the image range against the split, the output paths)."""
+    from .. import validate
+    from ..attacks import ATTACKS
+    from ..data import DATASETS, split_size
+    from ..errors import InputError
+    from ..evaluation.threat_models import THREAT_MODEL_ATTACKS
+    from ..names import Metric, Norm
+    from ._common import check_options, checkpoint_dataset
+
+    check_options(args)
+    threat = attack in THREAT_MODEL_ATTACKS
+    if not threat:
+        for option in ("detector", "substitute"):
+            if getattr(args, option, None) is not None:
+                raise InputError(f"--{option} applies only to --attack {', '.join(map(str, THREAT_MODEL_ATTACKS))}"
+                                 f" (the threat models), not to --attack {attack}: drop it")
+    elif args.split != "test":
+        raise InputError(f"--attack {attack} attacks test images only: drop --split")
+    if attack in (Attack.CW_WB, Attack.CW_WB_HC) and args.detector not in (None, Metric.KD):
+        raise InputError(f"--attack {attack} attacks the K-density detector: use --detector kd "
+                         f"(adaptive-pgd attacks any metric)")
+    config = checkpoint_dataset(args.checkpoint)
+    info = DATASETS[config.dataset]
+    if attack == Attack.ADAPTIVE_PGD:
+        if args.eps is None:
+            raise InputError(f"--attack {attack} needs --eps (radius in [0, 1] pixel units): e.g. --eps 0.1")
+        validate.budget(args.eps, args.norm or Norm.LINF, "--eps",
+                        dimension=info.in_channels * info.image_size ** 2, allow_zero=True)
+    elif threat:
+        if args.eps is not None:
+            raise InputError(f"--eps does not apply to --attack {attack}: drop it")
+    else:
+        ATTACKS[attack].check_eps(args.eps, "--eps")
+    validate.rows(args.start, args.n, split_size(config.dataset, args.split), what=f"{config.dataset} "
+                  f"{args.split} images")
+    if getattr(args, "substitute", None) is not None:
+        sub = checkpoint_dataset(args.substitute, "--substitute")
+        if sub.dataset != config.dataset:
+            raise InputError(f"--substitute is a {sub.dataset} model, the checkpoint a {config.dataset} model: "
+                             f"use models of the same dataset")
+    out = validate.output_file(args.out, "--out", suffixes=(".safetensors",))
+    validate.output_file(out.with_suffix(".json"), "--out (its .json sidecar)")
+
+
 def run(args) -> int:
     from ..evaluation.threat_models import THREAT_MODEL_ATTACKS
 
     attack = Attack.coerce(args.attack)
     settings = chosen_settings(args, attack, (SETTINGS, _threat_models.SETTINGS))
+    check_arguments(args, attack)
     if attack in THREAT_MODEL_ATTACKS:
         return _threat_models.run_threat_model_attack(args, settings)
     return _run_attack(args, settings)
@@ -104,12 +151,6 @@ def _run_attack(args, settings: dict) -> int:
 
     attack = Attack.coerce(args.attack)
     spec = ATTACKS[attack]
-    if spec.uses_eps and args.eps is None:
-        raise InputError(f"--attack {attack} needs --eps (L-inf budget in [0, 1] pixel units), e.g. --eps 0.1")
-    if not spec.takes_eps and args.eps is not None:
-        raise InputError(f"--eps does not apply to --attack {attack}: drop it")
-    if args.n < 1 or args.start < 0:
-        raise InputError(f"--n must be >= 1 and --start >= 0, got --n {args.n} --start {args.start}")
     device = resolve_device(args.device)
     loaded = load_checkpoint(args.checkpoint, device=device)
     model = loaded.model

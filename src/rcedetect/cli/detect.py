@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError
+from ..inputs import FORMATS, READERS
 from ..names import PAPER_METRICS, Metric
 from ..detectors.supervised import FIT_ATTACKS
 from ._common import add_checkpoint_argument, add_data_dir_argument, add_device_argument, print_notes
@@ -46,7 +47,8 @@ def register(subparsers) -> None:
                         help="detection metric (default: kd; with --report the paper's three); baselines: lid, "
                              "mahalanobis-lr (supervised: need --fit-adversarial once), mahalanobis (unsupervised)")
     mode = parser.add_mutually_exclusive_group(required=True)
-    mode.add_argument("--input", help="a PNG image, or a batch as .npy / .pt, shaped (N, C, H, W), (C, H, W) or (H, W)")
+    mode.add_argument("--input", help="a PNG image, or a batch as .npy / .pt / .safetensors, shaped (N, C, H, W), "
+                                      "(C, H, W) or (H, W)")
     mode.add_argument("--report", action="store_true",
                       help="fit/load the detectors and report clean score quantiles and the rejection rate of "
                            "held-out clean test inputs")
@@ -88,44 +90,7 @@ def register(subparsers) -> None:
 
 
 # ------------------------------------------------------------------------------------ input files
-def _read_png(path: Path) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as image:
-            mode = image.mode
-            if mode not in ("L", "RGB"):
-                raise InputError(f"{path} has PNG mode {mode}: save it as 8-bit grayscale (L) or RGB without alpha")
-            array = np.asarray(image)
-    except UnidentifiedImageError as exc:
-        raise InputError(f"{path} is not a readable image ({exc}): pass a PNG, .npy or .pt file") from exc
-    # Always (1, C, H, W): the mode, not the shape, says how many channels a PNG has.
-    return array[None, None] if array.ndim == 2 else array.transpose(2, 0, 1)[None]  # HWC -> CHW
-
-
-def _read_npy(path: Path) -> np.ndarray:
-    try:
-        return np.load(path, allow_pickle=False)
-    except ValueError as exc:  # object arrays need pickle: refuse them
-        raise InputError(f"{path} is not a plain numeric .npy array ({exc}): save it with np.save(array)") from exc
-
-
-def _read_pt(path: Path) -> np.ndarray:
-    import pickle
-
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError) as exc:
-        raise InputError(f"{path} is not a tensor file readable with weights_only=True ({exc}): "
-                         f"save a plain tensor with torch.save(tensor, path)") from exc
-    if not torch.is_tensor(data):
-        raise InputError(f"{path} holds a {type(data).__name__}, not a tensor: save a single (N, C, H, W) tensor")
-    if data.dtype == torch.bfloat16:
-        data = data.float()
-    return data.detach().numpy()
-
-
-READERS = {".png": _read_png, ".npy": _read_npy, ".pt": _read_pt}
+# The readers of untrusted files (never unpickled, size-limited) live in `rcedetect.inputs`.
 
 
 def _to_nchw(array: np.ndarray, path, in_channels: int, size: int, dataset: str) -> np.ndarray:
@@ -165,7 +130,7 @@ def load_input(path, *, in_channels: int, image_size: int, dataset: str = "the",
     path = Path(path)
     reader = READERS.get(path.suffix.lower())
     if reader is None:
-        raise InputError(f"{path}: unsupported file type {path.suffix or '(none)'}: pass a .png, .npy or .pt file")
+        raise InputError(f"{path}: unsupported file type {path.suffix or '(none)'}: pass {FORMATS}")
     if not path.is_file():
         raise InputError(f"{path} does not exist: check the --input path")
     array = reader(path)
@@ -290,12 +255,39 @@ def _print_report(report: dict) -> None:
 
 
 # ------------------------------------------------------------------------------------------- run
+def check_arguments(args) -> None:
+    """Every option and input of `rcedetect detect`, before the weights, the data or the input are read."""
+    from .. import validate
+    from ..data import split_size
+    from ..detectors.session import DetectorSettings
+    from ._common import check_options, checkpoint_dataset
+
+    check_options(args)
+    DetectorSettings(fpr=args.fpr, n_per_class=args.n_per_class, bandwidth_sq=args.bandwidth_sq,
+                     calibration_size=args.calibration_size, split_seed=args.split_seed, batch_size=args.batch_size)
+    config = checkpoint_dataset(args.checkpoint)
+    n_test = split_size(config.dataset, "test")
+    validate.integer(args.calibration_size, "--calibration-size", high=n_test - 1,
+                     meaning=f"clean {config.dataset} test images that set the threshold; the rest are held out")
+    if args.report:
+        if args.pixel_scale is not None:
+            raise InputError("--pixel-scale applies to --input files, not to --report: drop it")
+        if args.output is not None:
+            validate.output_file(args.output, "--output", suffixes=(".json",))
+    else:
+        if args.output is not None:
+            raise InputError("--output applies only with --report (results of --input go to stdout): drop it, "
+                             "or redirect stdout")
+        validate.input_file(args.input, "--input", suffixes=tuple(READERS))
+
+
 def run(args) -> int:
     from ..checkpoints import load_checkpoint
     from ..data import DATASETS
     from ..devices import resolve_device
     from ..files import atomic_write_json
 
+    check_arguments(args)
     device = resolve_device(args.device)
     ckpt = load_checkpoint(args.checkpoint, device=device)
     session = _session(args, ckpt, device)

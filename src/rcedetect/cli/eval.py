@@ -26,6 +26,17 @@ def print_row(checkpoint_dir) -> None:
           f"({c['steps']} steps, {m['train_seconds']:.0f} s on {m['device']})  -> {checkpoint_dir}")
 
 
+def check_arguments(args) -> None:
+    """The checkpoint (sidecar), --json, --device and --data-dir, before the weights or the data are read."""
+    from .. import validate
+    from ._common import check_options, checkpoint_dataset
+
+    check_options(args)
+    checkpoint_dataset(args.checkpoint)
+    if args.json_out is not None:
+        validate.output_file(args.json_out, "--json", suffixes=(".json",))
+
+
 def run(args) -> int:
     from .. import __version__
     from ..checkpoints import load_checkpoint
@@ -34,6 +45,7 @@ def run(args) -> int:
     from ..files import atomic_write_json
     from ..inference import accuracy
 
+    check_arguments(args)
     device = resolve_device(args.device)
     ckpt = load_checkpoint(args.checkpoint, device=device)
     test = load_dataset(ckpt.config.dataset, "test", args.data_dir)

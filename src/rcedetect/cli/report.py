@@ -11,8 +11,10 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
+    from .. import validate
     from ..reproduce import render_report
 
+    validate.input_folder(args.run_dir, "RUN", what="--out folder of 'rcedetect reproduce'")
     paths = render_report(args.run_dir)
     print(f"report: {paths['markdown']} and {paths['html']} ({len(paths['figures'])} figures in "
           f"{args.run_dir}/figures)")

@@ -46,10 +46,16 @@ def list_cells(rep) -> None:
 
 
 def reproduce(dataset: str, preset: str, args) -> int:
+    from .. import validate
     from ..reproduce import Reproduction, render_report
+    from ._common import check_options
 
+    check_options(args)
     out = args.out or f"runs/{dataset}-{preset}"
+    validate.output_folder(out, "--out")
     rep = Reproduction(dataset, preset, out, device=args.device, data_dir=args.data_dir, progress=args.progress)
+    rep.check_run_folder()
+    rep.select(args.only)  # refuses a prefix that matches no cell
     if args.list:
         list_cells(rep)
         return 0

@@ -79,11 +79,44 @@ def _cw_settings(args) -> dict:
             "phase1_max_iters": args.phase1_max_iters}
 
 
+def check_arguments(args) -> None:
+    """Every option and checkpoint of `rcedetect threat-models`, before any weights or data are read."""
+    from .. import validate
+    from ..data import DATASETS, split_size
+    from ..errors import InputError
+    from ._common import check_options, checkpoint_dataset
+    from ._threat_models import detector_settings
+
+    from ..evaluation.threat_models import check_cw_wb_detector_settings
+
+    check_options(args)
+    check_cw_wb_detector_settings(detector_settings(args))  # DetectorSettings validates its ranges
+    if args.tables and "table4" in args.tables and not args.targets:
+        raise InputError("--tables table4 needs --targets CHECKPOINT [...] (the attacked models, ResNet-56 in the "
+                         "paper): add them or drop table4")
+    configs = [checkpoint_dataset(p) for p in args.checkpoints]
+    configs += [checkpoint_dataset(p, "--targets") for p in args.targets]
+    datasets = sorted({c.dataset.value for c in configs})
+    if len(datasets) != 1:
+        raise InputError(f"all checkpoints must be of one dataset, got {', '.join(datasets)}: pass models of the "
+                         f"same dataset")
+    info = DATASETS[configs[0].dataset]
+    for eps in args.eps:
+        validate.budget(eps, args.norm, "--eps", dimension=info.in_channels * info.image_size ** 2, allow_zero=True)
+    n_test = split_size(info.name, "test")
+    validate.integer(args.calibration_size, "--calibration-size", high=n_test - 1)
+    start = args.calibration_size if args.start is None else args.start
+    validate.rows(start, args.n, n_test, what="positions of the permuted test set")
+    if args.output is not None:
+        validate.output_file(args.output, "--output", suffixes=(".json",))
+
+
 def run(args) -> int:
     from ..devices import resolve_device
     from ..evaluation.threat_models import threat_model_report
     from ..files import atomic_write_json
 
+    check_arguments(args)
     updates = threat_model_report(
         args.checkpoints, targets=args.targets, tables=args.tables, n=args.n, start=args.start, seed=args.seed,
         batch_size=args.batch_size, cw_settings=_cw_settings(args), eps_values=args.eps, norm=args.norm,

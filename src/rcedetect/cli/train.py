@@ -30,6 +30,11 @@ def run(args) -> int:
     from ..training import train
     from .eval import print_row
 
+    from .. import validate
+    from ._common import check_options
+
+    check_options(args)
+    validate.output_folder(args.out, "--out")
     config = preset_config(args.dataset, args.objective, args.preset, args.depth, args.steps, args.seed)
     if args.checkpoint_every is not None:
         config = with_overrides(config, checkpoint_every=args.checkpoint_every)

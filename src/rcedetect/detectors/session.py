@@ -30,6 +30,7 @@ import torch
 
 from ..errors import CheckpointError, InputError, OutputError
 from ..files import sha256_file
+from ..locks import FolderLock
 from ..names import BASELINE_METRICS, SUPERVISED_METRICS, Metric
 
 
@@ -195,8 +196,7 @@ class DetectorSession:
     def detector(self, metric):
         """The fitted `ThresholdDetector` of `metric`: the saved one when its fit settings match (its
         threshold moved to `fpr` if needed), else fitted and saved. Returns (detector, FitInfo)."""
-        from .persistence import detector_paths, load_detector, save_detector
-        from .threshold import ThresholdDetector
+        from .persistence import detector_paths, load_detector
 
         metric = Metric.coerce(metric, "metric")
         settings = self.fit_settings(metric)
@@ -223,6 +223,25 @@ class DetectorSession:
             raise CheckpointError(f"the '{metric}' detector is fitted on adversarial examples and {why}: add "
                                   f"--fit-adversarial to craft them ({p.attack} at eps {p.eps:g} on {p.n} training "
                                   f"images) and save the detector beside the checkpoint")
+        # Fitting writes beside the checkpoint: one writer per checkpoint folder (a reader that found a
+        # matching saved detector above never takes the lock). A folder we cannot write still gets a
+        # detector (not saved, see below), so only another holder is an error.
+        lock = FolderLock(directory, "fitting detectors")
+        try:
+            lock.acquire()
+        except OutputError:
+            lock = None
+        try:
+            return self._fit(metric, settings, notes)
+        finally:
+            if lock is not None:
+                lock.release()
+
+    def _fit(self, metric, settings: dict, notes: list):
+        from .persistence import save_detector
+        from .threshold import ThresholdDetector
+
+        directory = self.checkpoint.directory
         t0 = time.perf_counter()
         new = self.new_metric(metric)
         detector = ThresholdDetector(new, fpr=self.settings.fpr)

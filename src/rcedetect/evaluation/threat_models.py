@@ -410,7 +410,8 @@ def check_cw_wb_detector_settings(settings) -> None:
     """C&W-wb's evaluation eta leaves each bank point out of its own class's density: it needs
     n_per_class >= 2 (`settings`: a `DetectorSettings`)."""
     if settings.n_per_class < 2:
-        raise InputError(f"n_per_class (--n-per-class) must be >= 2 for the threat models, got {settings.n_per_class}")
+        raise InputError(f"n_per_class (--n-per-class) must be >= 2 for the threat models, got {settings.n_per_class}: "
+                         f"pass --n-per-class 2 or more")
 
 
 def attack_checkpoint(checkpoint, attack, *, n: int, start: int = 0, seed: int = 0, eps=None, metric=Metric.KD,
@@ -453,7 +454,7 @@ def attack_checkpoint(checkpoint, attack, *, n: int, start: int = 0, seed: int =
     else:
         _check_settings(detector_aware_pgd, settings, f"attack {attack}", reserved=("eps", "seed", "progress"))
         if eps is None:
-            raise InputError(f"--attack {attack} needs --eps (radius in [0, 1] pixel units), e.g. --eps 0.1")
+            raise InputError(f"--attack {attack} needs --eps (radius in [0, 1] pixel units): e.g. --eps 0.1")
     if n < 1 or start < 0:
         raise InputError(f"--n must be >= 1 and --start >= 0, got --n {n} --start {start}")
     batch_size = batch_size or (100 if white_box else 500)

@@ -20,6 +20,7 @@ from ..config import preset_config
 from ..data import DATASETS, load_dataset
 from ..detectors import ConfidenceMetric, KernelDensity, NonMEMetric, default_bandwidth_sq, threshold_at_fpr
 from ..errors import InputError
+from ..files import sha256_file
 from ..inference import batched_outputs
 from ..models import ModelOutput
 from ..names import Metric
@@ -44,9 +45,47 @@ class RunContext:
         self.device = device
         self.data_dir = data_dir
         self.store = store if store is not None else CellStore(self.run_dir, device=device)
+        if self.store.weights_of is None:
+            self.store.weights_of = self.weights_sha256
         self.train_progress = train_progress
         self.num_classes = DATASETS[self.dataset].num_classes
         self._models, self._kds, self._clean, self._cal = {}, {}, {}, {}
+        self._hashes = {}  # weights path -> ((inode, size, mtime_ns), sha256)
+
+    # ------------------------------------------------------------------------------ integrity
+    def weights_file_sha256(self, tag: str):
+        """sha256 of RUN/models/<tag>/model.safetensors, or None while it does not exist (cached per
+        inode, size and mtime: a retrained model is hashed again)."""
+        path = self.run_dir / "models" / tag / WEIGHTS_FILE
+        try:
+            st = path.stat()
+        except OSError:
+            return None
+        stamp = (st.st_ino, st.st_size, st.st_mtime_ns)
+        cached = self._hashes.get(path)
+        if cached is None or cached[0] != stamp:
+            cached = (stamp, sha256_file(path))
+            self._hashes[path] = cached
+        return cached[1]
+
+    def weights_sha256(self, config) -> dict:
+        """{model tag: sha256 of its weights} of every trained model a cell / cache config names (each
+        `"model": <training config>` inside it); models not trained yet are left out."""
+        tags = set()
+
+        def walk(obj):
+            if isinstance(obj, dict):
+                model = obj.get("model")
+                if isinstance(model, dict) and "depth" in model and "objective" in model:
+                    tags.add(model_tag(model["depth"], model["objective"]))
+                for value in obj.values():
+                    walk(value)
+            elif isinstance(obj, (list, tuple)):
+                for value in obj:
+                    walk(value)
+
+        walk(config)
+        return {tag: sha for tag in sorted(tags) if (sha := self.weights_file_sha256(tag)) is not None}
 
     # ------------------------------------------------------------------------------ identities
     def tag(self, which: int, objective) -> str:

@@ -33,9 +33,17 @@ def _result(records, name):
 
 
 def _save(fig, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    _plt().close(fig)
+    """Render `fig` as PNG in memory, then write it through the one atomic-write path."""
+    import io
+
+    from ..files import atomic_write_bytes
+
+    buffer = io.BytesIO()
+    try:
+        fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    finally:
+        _plt().close(fig)
+    atomic_write_bytes(path, buffer.getvalue())
     return path
 
 

@@ -22,7 +22,7 @@ import numpy as np
 from scipy.stats import rankdata
 
 from .. import __version__
-from ..checkpoints import atomic_write_bytes
+from ..files import atomic_write_bytes
 from ..errors import InputError
 from . import paper_values as paper
 from ..names import Attack, Dataset, Metric, Objective, TargetRule
@@ -30,7 +30,7 @@ from . import schema
 from .checks import FAIL, sanity_checks, to_json
 from .figures import make_figures
 from .schema import METRICS, OBJECTIVES, TABLE2_ATTACKS
-from .store import CellStore
+from .store import CellStore, check_records
 
 BOOTSTRAP = 500
 # The metrics whose scores can tie between a clean and an adversarial input (saturation / underflow).
@@ -795,11 +795,14 @@ def render_report(run_dir) -> dict:
                          f"'rcedetect reproduce'")
     try:
         info = json.loads(info_path.read_text())
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise InputError(f"{info_path} is not valid JSON ({exc}): re-run 'rcedetect reproduce' to rewrite it") from exc
+    if not isinstance(info, dict):
+        raise InputError(f"{info_path} is not a run description: re-run 'rcedetect reproduce' to rewrite it")
     records = CellStore(run_dir).records()
     if not records:
         raise InputError(f"{run_dir}/cells holds no results yet: run 'rcedetect reproduce' first")
+    check_records(run_dir, info, records)  # never a table from mismatched runs or weights
     figures = make_figures(records, run_dir / "figures")
     report = _Report(run_dir, info, records, figures)
     doc = report.build()

@@ -19,6 +19,8 @@ from .. import __version__
 from ..devices import resolve_device
 from ..errors import InputError
 from ..files import atomic_write_json
+from ..locks import FolderLock
+from ..validate import output_folder
 from ..names import Dataset
 from .cells import Cell, plan
 from .context import RunContext
@@ -86,16 +88,37 @@ class Reproduction:
         """The plan's estimated seconds on a quiet 2-core CPU (the cost model of `costs`)."""
         return sum(c.cost for c in self.cells())
 
-    def _write_run_info(self) -> None:
+    def check_run_folder(self) -> None:
+        """Refuse, before anything is loaded or written, a run folder that is a file, cannot be written,
+        or holds a run of another dataset / preset."""
+        output_folder(self.run_dir, "--out")
         path = self.run_dir / "run.json"
         if path.exists():
             try:
                 info = json.loads(path.read_text())
-            except (OSError, json.JSONDecodeError):
+            except (OSError, json.JSONDecodeError, UnicodeDecodeError):
                 info = {}
+            info = info if isinstance(info, dict) else {}
             if info.get("dataset", self.dataset) != self.dataset or info.get("preset", self.preset.name) != self.preset.name:
                 raise InputError(f"{self.run_dir} is a {info.get('dataset')} / {info.get('preset')} run: "
                                  f"use another --out for --dataset {self.dataset} --preset {self.preset.name}")
+
+    def select(self, only=None) -> list:
+        """The planned cells whose names start with one of the prefixes `only` (all when None); a prefix
+        that matches no cell is refused, listing the cell kinds."""
+        planned = self.cells()
+        if not only:
+            return planned
+        for prefix in only:
+            if not any(c.name.startswith(prefix) for c in planned):
+                kinds = sorted({c.name.split(".", 1)[0] for c in planned})
+                raise InputError(f"--only {prefix} matches no cell of this run: use a prefix of a cell name "
+                                 f"({', '.join(kinds)}; --list shows them all)")
+        return [c for c in planned if any(c.name.startswith(prefix) for prefix in only)]
+
+    def _write_run_info(self) -> None:
+        path = self.run_dir / "run.json"
+        self.check_run_folder()
         atomic_write_json(path, {"format": RUN_FORMAT, "dataset": self.dataset, "preset": self.preset.name,
                                  "settings": normalise(self.preset.to_dict()), "rcedetect_version": __version__,
                                  "estimated_quiet_cpu_seconds": self.estimate_seconds()})
@@ -106,22 +129,24 @@ class Reproduction:
         Returns {cell name: result}. A cell that raises stops the run; cells finished before it stay
         stored, and the next run continues from it.
         """
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        self._write_run_info()
-        planned = self.cells()
-        if only:
-            planned = [c for c in planned if any(c.name.startswith(prefix) for prefix in only)]
-        done = [self.store.is_done(c.name, c.config) for c in planned]
-        progress = Progress([c.cost for c in planned], done, self.progress_enabled)
-        results = {}
-        started = time.perf_counter()
-        try:
-            for i, c in enumerate(planned):
-                progress.start(i, c.name, c.cost)
-                results[c.name] = self.store.compute(c.name, c.config, lambda: c.cell.compute(self.context, progress),
-                                                     seed=self.preset.seed)
-                progress.finish()
-        finally:
-            progress.close()
-        self.wall_seconds = time.perf_counter() - started
+        self.check_run_folder()
+        planned = self.select(only)
+        # One writer per run folder (`rcedetect.locks`): a second reproduce / demo on it is refused.
+        with FolderLock(self.run_dir, "reproduce"):
+            self._write_run_info()
+            weights = self.context.weights_sha256
+            done = [self.store.is_done(c.name, c.config, weights=weights(c.config)) for c in planned]
+            progress = Progress([c.cost for c in planned], done, self.progress_enabled)
+            results = {}
+            started = time.perf_counter()
+            try:
+                for i, c in enumerate(planned):
+                    progress.start(i, c.name, c.cost)
+                    results[c.name] = self.store.compute(
+                        c.name, c.config, lambda: c.cell.compute(self.context, progress), seed=self.preset.seed,
+                        weights=lambda: weights(c.config), run={"dataset": self.dataset, "preset": self.preset.name})
+                    progress.finish()
+            finally:
+                progress.close()
+            self.wall_seconds = time.perf_counter() - started
         return results

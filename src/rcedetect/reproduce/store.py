@@ -28,9 +28,11 @@ import torch
 
 from .. import __version__
 from ..files import atomic_save_tensors, atomic_write_json, read_tensors
-from ..errors import CheckpointError, RceDetectError
+from ..errors import CheckpointError, InputError, RceDetectError
 
 CELL_FORMAT = "rcedetect-cell-v1"
+# A record's {model tag: sha256 of the checkpoint weights the cell used} (absent in runs made before it).
+WEIGHTS_KEY = "weights_sha256"
 
 
 def normalise(obj):
@@ -80,11 +82,21 @@ def describe_device(device) -> str:
 class CellStore:
     """Cells and cached tensors of one run folder (see the module docstring)."""
 
-    def __init__(self, run_dir, *, device="cpu"):
+    def __init__(self, run_dir, *, device="cpu", weights_of=None):
         self.run_dir = Path(run_dir)
         self.cells_dir = self.run_dir / "cells"
         self.cache_dir = self.run_dir / "cache"
         self.device = device
+        # config -> {model tag: sha256 of its weights} (`RunContext.weights_sha256`): cached tensors record
+        # it and are reused only while it is unchanged. None: no weight check (a store outside a run).
+        self.weights_of = weights_of
+
+    def _weights_text(self, config):
+        return None if self.weights_of is None else json.dumps(self.weights_of(config), sort_keys=True)
+
+    def _same_weights(self, metadata: dict, config) -> bool:
+        stored = metadata.get("weights_sha256")
+        return stored is None or self.weights_of is None or stored == self._weights_text(config)
 
     # ------------------------------------------------------------------------------------ cells
     def path(self, name: str) -> Path:
@@ -98,15 +110,25 @@ class CellStore:
             return None
         return record if record.get("format") == CELL_FORMAT else None
 
-    def is_done(self, name: str, config) -> bool:
+    def is_done(self, name: str, config, *, weights=None) -> bool:
+        """Whether cell `name` is stored with this config and, for every model in `weights` ({tag: sha256}
+        of the weights there now), computed from those same weights (cells stored before weights were
+        recorded count as done)."""
         record = self.load(name)
-        return record is not None and record.get("config") == normalise(config)
+        if record is None or record.get("config") != normalise(config):
+            return False
+        stored = record.get(WEIGHTS_KEY) or {}
+        return all(stored.get(tag, sha) == sha for tag, sha in (weights or {}).items())
 
-    def compute(self, name: str, config, fn, *, seed: int):
-        """The result of cell `name`: the stored one if its config matches, else `fn()` (a JSON-able
-        dict), written atomically with its provenance."""
+    def compute(self, name: str, config, fn, *, seed: int, weights=None, run=None):
+        """The result of cell `name`: the stored one if its config (and the weights it was computed from)
+        match, else `fn()` (a JSON-able dict), written atomically with its provenance.
+
+        weights: a callable giving {model tag: sha256 of the checkpoint weights} the cell used, evaluated
+        once `fn()` has run (a train cell creates its weights); recorded as the record's `weights_sha256`.
+        run: {"dataset", "preset"} of the run, recorded so `report` can refuse cells of another run."""
         record = self.load(name)
-        if record is not None and record.get("config") == normalise(config):
+        if record is not None and self.is_done(name, config, weights=weights() if weights else None):
             return record["result"]
         started = time.perf_counter()
         result = normalise(fn())
@@ -126,6 +148,10 @@ class CellStore:
                 "finished_utc": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
             },
         }
+        if weights is not None:
+            record[WEIGHTS_KEY] = weights()
+        if run is not None:
+            record["run"] = normalise(run)
         atomic_write_json(self.path(name), record)
         return result
 
@@ -151,12 +177,14 @@ class CellStore:
             tensors, metadata = read_tensors(path)
         except CheckpointError:
             return None  # a damaged cache file is recomputed, never trusted
-        if metadata.get("config_hash") != config_hash(config):
+        if metadata.get("config_hash") != config_hash(config) or not self._same_weights(metadata, config):
             return None
         return tensors, metadata
 
     def save_tensors(self, key: str, config, tensors: dict, **metadata) -> None:
         meta = {"config_hash": config_hash(config), "config": json.dumps(normalise(config), sort_keys=True)}
+        if self.weights_of is not None:
+            meta["weights_sha256"] = self._weights_text(config)
         meta.update({k: str(v) for k, v in metadata.items()})
         atomic_save_tensors(self.tensor_path(key), tensors, meta)
 
@@ -193,7 +221,7 @@ class CellStore:
             if part_path.exists():
                 try:
                     part, metadata = read_tensors(part_path)
-                    if metadata.get("config_hash") != digest:
+                    if metadata.get("config_hash") != digest or not self._same_weights(metadata, config):
                         part = None
                     else:
                         seconds += float(metadata.get("seconds", "0"))
@@ -204,7 +232,10 @@ class CellStore:
                 part = {k: v.detach().cpu() for k, v in fn(start, stop).items()}
                 took = time.perf_counter() - t0
                 seconds += took
-                atomic_save_tensors(part_path, part, {"config_hash": digest, "seconds": repr(took)})
+                meta = {"config_hash": digest, "seconds": repr(took)}
+                if self.weights_of is not None:
+                    meta["weights_sha256"] = self._weights_text(config)
+                atomic_save_tensors(part_path, part, meta)
             parts.append(part)
             if on_chunk is not None:
                 on_chunk(stop, n)
@@ -217,3 +248,51 @@ class CellStore:
         except OSError:
             pass
         return tensors, seconds
+
+
+def _model_identities(config, found):
+    """Collect {tag: training config} of every `"model": {...}` inside a cell config."""
+    from .schema import model_tag
+
+    if isinstance(config, dict):
+        model = config.get("model")
+        if isinstance(model, dict) and "depth" in model and "objective" in model:
+            found.setdefault(model_tag(model["depth"], model["objective"]), []).append(model)
+        for value in config.values():
+            _model_identities(value, found)
+    elif isinstance(config, list):
+        for value in config:
+            _model_identities(value, found)
+    return found
+
+
+def check_records(run_dir, info: dict, records: dict) -> None:
+    """Refuse (one `InputError`) to render cells that do not belong together: cells of another dataset
+    or preset than RUN/run.json, cells computed from different training settings of one model, or
+    from different weights (sha256) of one model. Cells written before weights were recorded are
+    accepted as they are (their runs cannot be checked)."""
+    run_dir = Path(run_dir)
+    dataset, preset = info.get("dataset"), info.get("preset")
+    rerun = (f"re-run 'rcedetect reproduce --dataset {dataset} --preset {preset} --out {run_dir}' (it recomputes "
+             f"stale cells) and render again")
+    identities, weights = {}, {}
+    for name, record in records.items():
+        where = run_dir / "cells" / f"{name}.json"
+        run = record.get("run") or {}
+        cell_dataset = run.get("dataset", (record.get("config") or {}).get("dataset", dataset))
+        if cell_dataset != dataset or run.get("preset", preset) != preset:
+            raise InputError(f"{where} was computed by a {cell_dataset} / {run.get('preset', preset)} run, but "
+                             f"{run_dir} is a {dataset} / {preset} run: move that cell out of {run_dir}/cells or "
+                             f"{rerun}")
+        for tag, models in _model_identities(record.get("config"), {}).items():
+            for model in models:
+                first = identities.setdefault(tag, (name, model))
+                if first[1] != model:
+                    changed = sorted(k for k in set(model) | set(first[1]) if model.get(k) != first[1].get(k))
+                    raise InputError(f"cells {first[0]} and {name} were computed from differently trained "
+                                     f"{tag} models (settings differ in {', '.join(changed)}): {rerun}")
+        for tag, sha in (record.get(WEIGHTS_KEY) or {}).items():
+            first = weights.setdefault(tag, (name, sha))
+            if first[1] != sha:
+                raise InputError(f"cells {first[0]} and {name} were computed from different weights of {tag} "
+                                 f"(sha256 {first[1][:12]} vs {sha[:12]}): {rerun}")
