@@ -158,7 +158,7 @@ def test_report_opens_with_the_sanity_checks_and_lists_the_protocol(tmp_path):
                    "auc_of_roc_RCE.m", "AUC.m", "cifar_input.py", "attacks/tgsm.py"):
         assert source in protocol
     # This run's values, not the paper's: the quick preset's reduced C&W budget.
-    assert "5 × 200 from c₀ = 1, Adam lr 0.1 (this preset's reduced budget" in protocol
+    assert "3 × 500 from c₀ = 10, Adam lr 0.1 (this preset's reduced budget" in protocol
     assert "Distortion matching" in protocol and "0.04" in protocol
     # JSMA changes at most max_iters pixels (single-feature map by default), not 2 x max_iters.
     table = _section(md, "## Appendix Table 1")
