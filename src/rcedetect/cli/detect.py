@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError
-from ..inputs import FORMATS, READERS
+from ..inputs import READERS, read_array
 from ..names import PAPER_METRICS, Metric
 from ..detectors.supervised import FIT_ATTACKS
 from ._common import add_checkpoint_argument, add_data_dir_argument, add_device_argument, print_notes
@@ -128,12 +128,7 @@ def load_input(path, *, in_channels: int, image_size: int, dataset: str = "the",
     Integer data is taken as [0, 255] and floats as [0, 1] unless `pixel_scale` says [0, pixel_scale].
     """
     path = Path(path)
-    reader = READERS.get(path.suffix.lower())
-    if reader is None:
-        raise InputError(f"{path}: unsupported file type {path.suffix or '(none)'}: pass {FORMATS}")
-    if not path.is_file():
-        raise InputError(f"{path} does not exist: check the --input path")
-    array = reader(path)
+    array = read_array(path)
     if array.dtype.kind not in "uif":
         raise InputError(f"{path} has dtype {array.dtype}: expected integer or float pixel values")
     array = _to_nchw(array, path, in_channels, image_size, dataset)

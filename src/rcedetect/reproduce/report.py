@@ -415,40 +415,25 @@ class _Report:
 
     def summary(self):
         rows, effects = [], []
+
+        def effect(metric, aucs):
+            """(metric, wins, ties, compared, CE mean, RCE mean) over the attacks whose AUC both models have."""
+            aucs = [a for a in aucs if all(a.get(o) is not None for o in OBJECTIVES)]
+            if aucs:
+                effects.append((metric, sum(a[Objective.RCE] > a[Objective.CE] for a in aucs),
+                                sum(a[Objective.RCE] == a[Objective.CE] for a in aucs), len(aucs),
+                                np.mean([a[Objective.CE] for a in aucs]), np.mean([a[Objective.RCE] for a in aucs])))
+
         for metric in METRICS:
-            values = {o: [] for o in OBJECTIVES}
-            wins = ties = compared = 0
-            for attack in TABLE2_ATTACKS:
-                r = {o: self.res(schema.table2_cell(attack, o)) for o in OBJECTIVES}
-                if any(v is None or v[schema.AUC].get(metric) is None for v in r.values()):
-                    continue
-                auc = {o: r[o][schema.AUC][metric] for o in OBJECTIVES}
-                compared += 1
-                wins += auc[Objective.RCE] > auc[Objective.CE]
-                ties += auc[Objective.RCE] == auc[Objective.CE]
-                for o in OBJECTIVES:
-                    values[o].append(auc[o])
-            if compared:
-                effects.append((metric, wins, ties, compared, np.mean(values[Objective.CE]),
-                                np.mean(values[Objective.RCE])))
+            cells = [{o: self.res(schema.table2_cell(attack, o)) for o in OBJECTIVES} for attack in TABLE2_ATTACKS]
+            effect(metric, [{o: (v[schema.AUC].get(metric) if v is not None else None) for o, v in r.items()}
+                            for r in cells])
         for metric in schema.BASELINES:  # beyond the paper: the baselines on the same pairs, where computed
             r = {o: self.res(schema.baselines_cell(o)) for o in OBJECTIVES}
             if any(v is None for v in r.values()):
                 continue
-            values = {o: [] for o in OBJECTIVES}
-            wins = ties = compared = 0
-            for attack in TABLE2_ATTACKS:
-                a = {o: r[o][schema.ATTACKS_BLOCK].get(attack, {}).get(schema.AUC, {}).get(metric) for o in OBJECTIVES}
-                if any(v is None for v in a.values()):
-                    continue
-                compared += 1
-                wins += a[Objective.RCE] > a[Objective.CE]
-                ties += a[Objective.RCE] == a[Objective.CE]
-                for o in OBJECTIVES:
-                    values[o].append(a[o])
-            if compared:
-                effects.append((metric, wins, ties, compared, np.mean(values[Objective.CE]),
-                                np.mean(values[Objective.RCE])))
+            effect(metric, [{o: r[o][schema.ATTACKS_BLOCK].get(attack, {}).get(schema.AUC, {}).get(metric)
+                             for o in OBJECTIVES} for attack in TABLE2_ATTACKS])
         if not effects:
             return
         self.doc.h(2, "Summary")
