@@ -119,3 +119,12 @@ def test_old_import_paths_still_work():
 
     assert checkpoints.atomic_write_json is atomic_write_json and checkpoints.read_tensors is read_tensors
     assert checkpoints.atomic_save_tensors is atomic_save_tensors
+
+
+def test_remove_stale_temps_deletes_only_the_temporary_files_of_killed_writers(tmp_path):
+    (tmp_path / ".cell.json.ab12cd.tmp").write_text("half")
+    (tmp_path / "cell.json").write_text("{}")
+    (tmp_path / "notes.tmp").write_text("not ours: no leading dot")
+    assert files.remove_stale_temps(tmp_path) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cell.json", "notes.tmp"]
+    assert files.remove_stale_temps(tmp_path / "missing") == 0

@@ -136,5 +136,18 @@ def sha256_file(path) -> str:
     return hash_file(path, "sha256")
 
 
-__all__ = ["atomic_target", "ensure_folder", "atomic_write_bytes", "atomic_write_text", "atomic_write_json", "atomic_save_tensors", "read_tensors",
+__all__ = ["atomic_target", "remove_stale_temps", "ensure_folder", "atomic_write_bytes", "atomic_write_text", "atomic_write_json", "atomic_save_tensors", "read_tensors",
            "hash_file", "sha256_bytes", "sha256_file"]
+
+
+def remove_stale_temps(folder) -> int:
+    """Delete the temporary files `atomic_target` leaves behind when its process is killed mid-write
+    (`.<name>.<random>.tmp` in `folder`); returns how many. Only call it while holding the folder's
+    writer lock (`rcedetect.locks`): then no other process can be writing one of them."""
+    folder = Path(folder)
+    removed = 0
+    if folder.is_dir():
+        for path in folder.glob(".*.tmp"):
+            path.unlink(missing_ok=True)
+            removed += 1
+    return removed

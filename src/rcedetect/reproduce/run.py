@@ -19,6 +19,7 @@ from .. import __version__
 from ..devices import resolve_device
 from ..errors import InputError
 from ..files import atomic_write_json
+from ..files import remove_stale_temps
 from ..locks import FolderLock
 from ..validate import output_folder
 from ..names import Dataset
@@ -133,6 +134,8 @@ class Reproduction:
         planned = self.select(only)
         # One writer per run folder (`rcedetect.locks`): a second reproduce / demo on it is refused.
         with FolderLock(self.run_dir, "reproduce"):
+            for folder in (self.run_dir, self.store.cells_dir, self.store.cache_dir):
+                remove_stale_temps(folder)  # left by a killed writer; nobody else writes here now
             self._write_run_info()
             weights = self.context.weights_sha256
             done = [self.store.is_done(c.name, c.config, weights=weights(c.config)) for c in planned]
