@@ -36,7 +36,7 @@ def tiny_checkpoints(tmp_path_factory, data_dir) -> dict:
 
     root = tmp_path_factory.mktemp("tiny_models")
     return {
-        objective: train(preset_config("mnist", objective, "quick", depth=8, steps=TINY_STEPS, seed=0),
+        objective: train(preset_config("mnist", objective, "quick", depth=8, steps=TINY_STEPS, seed=0, precision="float32"),
                          root / objective, progress=False, data_dir=data_dir)
         for objective in ("ce", "rce")
     }

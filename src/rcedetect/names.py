@@ -109,6 +109,14 @@ class Preset(Name):
     TOY = "toy"
 
 
+class Precision(Name):
+    """Arithmetic of the training step's forward and backward (weights, optimiser and every
+    evaluation stay float32)."""
+
+    FLOAT32 = "float32"
+    BFLOAT16 = "bfloat16"  # torch.autocast mixed precision: convolutions in bfloat16, loss in float32
+
+
 class TargetRule(Name):
     LEAST_LIKELY = "least-likely"  # argmin F(x): ILCM, and JSMA in the authors' test_adv.py
     RANDOM = "random"              # uniform over the classes != y: C&W, and JSMA in the paper's text

@@ -27,6 +27,7 @@ from .locks import FolderLock
 from .validate import output_folder
 from .inference import accuracy
 from .losses import OBJECTIVES
+from .names import Precision
 
 # Seeds of the per-epoch data order and per-step augmentation: distinct streams from one seed.
 _EPOCH_STREAM, _AUGMENT_STREAM = 1_000_003, 2_000_003
@@ -152,6 +153,7 @@ def _train(config: TrainConfig, out_dir: Path, *, device, resume: bool, progress
         start, seconds_before = _load_train_state(state_path, model, optimizer, config)
 
     images, labels = train_set.images.to(device), train_set.labels.to(device)
+    mixed = config.precision == Precision.BFLOAT16  # autocast: weights, gradients and SGD stay float32
     model.train()
     bar = tqdm(total=config.steps, initial=start, desc=f"train {config.dataset} {config.objective.upper()}-"
                f"ResNet{config.depth}", unit="step", disable=not progress, dynamic_ncols=True)
@@ -166,8 +168,9 @@ def _train(config: TrainConfig, out_dir: Path, *, device, resume: bool, progress
             x = augment(x, generator)
         x = x.contiguous(memory_format=torch.channels_last)
         y = labels[index]
-        logits = model(x)
-        loss = loss_fn(logits, y)  # shown unscaled; the gradient step uses loss_scale
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=mixed):
+            logits = model(x)
+        loss = loss_fn(logits.float(), y)  # shown unscaled; the gradient step uses loss_scale
         optimizer.zero_grad(set_to_none=True)
         (loss * config.loss_scale).backward()
         optimizer.step()

@@ -1,7 +1,7 @@
 """`rcedetect train`: train a CE or RCE ResNet with the paper's schedule or the quick CPU preset."""
 
 from ..config import PRESETS, preset_config
-from ..names import Dataset, Objective
+from ..names import Dataset, Objective, Precision
 from ._common import add_data_dir_argument, add_device_argument
 
 
@@ -15,6 +15,8 @@ def register(subparsers) -> None:
     parser.add_argument("--preset", choices=[str(p) for p in PRESETS], default=str(PRESETS[0]),
                         help="quick: minutes on a 2-core CPU; paper: appendix B.1 (20k MNIST / 90k CIFAR-10 steps)")
     parser.add_argument("--steps", type=int, default=None, help="override the preset's number of steps")
+    parser.add_argument("--precision", choices=Precision.choices(), default=None,
+                        help="training arithmetic: bfloat16 mixed precision (quick's default) or float32 (paper's)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--checkpoint-every", type=int, default=None, help="steps between resumable saves")
     parser.add_argument("--out", required=True, help="checkpoint folder to create")
@@ -35,7 +37,8 @@ def run(args) -> int:
 
     check_options(args)
     validate.output_folder(args.out, "--out")
-    config = preset_config(args.dataset, args.objective, args.preset, args.depth, args.steps, args.seed)
+    config = preset_config(args.dataset, args.objective, args.preset, args.depth, args.steps, args.seed,
+                           precision=args.precision)
     if args.checkpoint_every is not None:
         config = with_overrides(config, checkpoint_every=args.checkpoint_every)
     out = train(config, args.out, device=args.device, resume=args.resume, progress=args.progress,

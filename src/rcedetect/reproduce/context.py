@@ -94,7 +94,7 @@ class RunContext:
     def train_config(self, which: int, objective):
         p = self.preset
         config = preset_config(self.dataset, objective, p.train_preset, depth=p.depths[which],
-                               steps=p.train_steps[which], seed=self.seed)
+                               steps=p.train_steps[which], seed=self.seed, precision=p.train_precision)
         batch = p.train_batch_size[which]
         return config if batch is None else replace(config, batch_size=batch)
 

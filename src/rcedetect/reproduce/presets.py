@@ -52,7 +52,7 @@ preset into an estimated run time lives in `costs`.
 
 from dataclasses import asdict, dataclass, field, replace
 
-from ..names import PAPER_METRICS, Dataset, Norm, PGDMethod, Preset, TargetRule
+from ..names import PAPER_METRICS, Dataset, Norm, PGDMethod, Precision, Preset, TargetRule
 from .schema import TABLE2_ATTACKS
 
 PRESET_NAMES = Preset.choices()
@@ -106,6 +106,7 @@ class ReproPreset:
     depths: tuple = (32, 56)
     train_steps: tuple = (None, None)
     train_batch_size: tuple = (None, None)
+    train_precision: str = None  # None: the training preset's (`config.QUICK_PRECISION` / float32)
     seed: int = 0
     kd_per_class: int = 1000
     fpr: float = 0.05
@@ -210,7 +211,9 @@ def toy(dataset) -> ReproPreset:
     # Depth 8, 300 steps: the test suite's shared tiny models, which the toy test reuses.
     tiny_cw = {"binary_search_steps": 2, "max_iters": 10, "initial_const": 1.0}
     return replace(
+        # float32 training: the suite's pinned toy numbers (tests/fixtures) and shared tiny models were made so.
         quick(dataset), name=Preset.TOY, depths=(8, 14), train_steps=(300, 60), train_batch_size=(None, 32),
+        train_precision=Precision.FLOAT32,
         kd_per_class=30, chunk=16, calibration_n=200,
         n_attack={"fgsm": 40, "bim": 40, "ilcm": 40, "jsma": 8, "cw": 8, "cw-hc": 8},
         attack_settings=_attack_settings(tiny_cw, jsma={**JSMA_SETTINGS, "max_iters": 5}),

@@ -298,7 +298,8 @@ class _Report:
         augment_text = {False: "none", True: "resize (40×40 bilinear zoom, then random 32×32 crop)"}.get(
             augment, f"`{augment}`") if isinstance(augment, (bool, str)) else "?"
         lr_text = (f"momentum SGD, lr {model.get('lr_values')} at steps {model.get('lr_boundaries')}, "
-                   f"{model.get('steps')} steps, batch {model.get('batch_size')}" if model else "?")
+                   f"{model.get('steps')} steps, batch {model.get('batch_size')}, "
+                   f"{model.get('precision', 'float32')} arithmetic" if model else "?")
         rows = [
             ["JSMA saliency map and target",
              f"{mode_text}, `{jsma['targets']}` target, ≤ {jsma.get('max_iters', '?')} iterations, θ = "
@@ -390,7 +391,8 @@ class _Report:
             f"Scale of this run: ResNet-{self.depths[0]} trained for {steps_text} steps (paper: {paper_steps}); "
             f"{n.get('fgsm', '?')}/{n.get('bim', '?')}/{n.get('ilcm', '?')} attacked test images for FGSM/BIM/ILCM, "
             f"{n.get('jsma', '?')} for JSMA, "
-            f"{n.get('cw', '?')} for C&W and C&W-hc (paper: 1 000 each); C&W budget "
+            + (f"{n.get('cw', '?')} for C&W and C&W-hc" if n.get('cw') == n.get('cw-hc') else
+               f"{n.get('cw', '?')} for C&W and {n.get('cw-hc', '?')} for C&W-hc") + " (paper: 1 000 each); C&W budget "
             f"{cw.get('binary_search_steps', '?')} binary-search steps × {cw.get('max_iters', '?')} iterations "
             f"from c = {cw.get('initial_const', '?')}, Adam lr {cw.get('lr', 0.01)} (paper: 9 × 10 000, lr 0.01; the "
             f"authors' script starts at c = 1). Every other open choice: the *Protocol* section.",
