@@ -97,11 +97,27 @@ def atomic_write_json(path, obj) -> None:
 
 
 def atomic_save_tensors(path, tensors: dict, metadata=None) -> None:
-    """Save `tensors` (moved to CPU, made contiguous) with string `metadata` as a safetensors file, atomically."""
-    from safetensors.torch import save_file
+    """Save `tensors` (moved to CPU, made contiguous) with string `metadata` as a safetensors file, atomically.
 
+    The bytes are a function of the tensors and metadata alone: safetensors writes its metadata in a
+    per-process hash order, so equal checkpoints from two processes had different sha256 (and a
+    resumed training seemed to differ from an uninterrupted one); the header is rewritten with sorted keys.
+    """
+    from safetensors.torch import save
+
+    data = save({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, metadata=metadata)
     with atomic_target(path) as tmp:
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
+        Path(tmp).write_bytes(canonical_safetensors(data))
+
+
+def canonical_safetensors(data: bytes) -> bytes:
+    """`data` (a safetensors file) with its JSON header's keys sorted, padded with spaces to 8 bytes as
+    the format asks; the tensor bytes and their offsets (relative to the data) are unchanged."""
+    size = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + size])
+    text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    return len(text).to_bytes(8, "little") + text + data[8 + size:]
 
 
 def read_tensors(path):
