@@ -3,9 +3,11 @@
 A trained model is a folder:
     model.safetensors   weights and BN statistics; its metadata repeats the config
     model.json          config, package version, measured test accuracy
-During training the folder also holds `train_state.safetensors` (weights, optimiser momentum and
-the step, in one file so that a `kill -9` at any moment leaves either the old or the new state,
-never a mix). Nothing is ever unpickled: safetensors and JSON only.
+    train_loss.safetensors  the training loss of every step ("loss", float64; under DDP the mean over
+                        the ranks of each rank's loss on its share of the batch)
+During training the folder also holds `train_state.safetensors` (weights, optimiser momentum, the
+loss so far and the step, in one file so that a `kill -9` at any moment leaves either the old or the
+new state, never a mix). Nothing is ever unpickled: safetensors and JSON only.
 """
 
 import json
@@ -26,6 +28,7 @@ FORMAT = "rcedetect-checkpoint-v1"
 WEIGHTS_FILE = "model.safetensors"
 SIDECAR_FILE = "model.json"
 TRAIN_STATE_FILE = "train_state.safetensors"
+TRAIN_LOSS_FILE = "train_loss.safetensors"
 
 
 def build_model(config: TrainConfig) -> torch.nn.Module:

@@ -7,22 +7,35 @@ generator seeded per step — so the only state to save is the weights, BN stati
 buffers and the step. They go into one safetensors file, replaced atomically every
 `checkpoint_every` steps; a run killed at any moment (even `kill -9`) resumes from the last
 save and, on CPU, ends with weights bit-identical to an uninterrupted run.
+
+Under torchrun (`world`, from `rcedetect.distributed.setup`) the model is wrapped in
+DistributedDataParallel and every step's global batch (`batch_size`, 128 by default) is the one a
+single process would use, split into equal contiguous shares, one per rank (augmented as a whole
+first, so every image gets the augmentation it gets in one process); the learning-rate schedule is
+unchanged. DDP averages the gradients, so a step equals the single-process step except for two
+things: BatchNorm normalises each rank's share with that share's statistics (`sync_bn=True`:
+SyncBatchNorm, statistics of the whole batch, CUDA only), and the floating-point order of the
+gradient reduction. The running BN statistics that are saved are rank 0's (DDP broadcasts rank 0's
+buffers at every step). Rank 0 alone writes the training state and the checkpoint; a run killed in
+any rank resumes with the same command and --resume.
 """
 
 import json
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
 
 from . import __version__
 from .augment import augmentation_of
-from .checkpoints import TRAIN_STATE_FILE, WEIGHTS_FILE, build_model, save_checkpoint
+from .checkpoints import TRAIN_LOSS_FILE, TRAIN_STATE_FILE, WEIGHTS_FILE, build_model, save_checkpoint
 from .config import TrainConfig
 from .data import load_dataset
 from .devices import resolve_device
-from .errors import CheckpointError, RceDetectError
-from .files import atomic_save_tensors, read_tensors
+from .distributed import SINGLE
+from .errors import CheckpointError, InputError, RceDetectError
+from .files import atomic_save_tensors, read_tensors, remove_stale_temps
 from .locks import FolderLock
 from .validate import output_folder
 from .inference import accuracy
@@ -50,8 +63,10 @@ def batch_indices(config: TrainConfig, step: int, n: int) -> torch.Tensor:
     return order[offset * config.batch_size:(offset + 1) * config.batch_size]
 
 
-def _save_train_state(path: Path, model, optimizer, config: TrainConfig, step: int, seconds: float) -> None:
+def _save_train_state(path: Path, model, optimizer, config: TrainConfig, step: int, seconds: float,
+                      losses: torch.Tensor) -> None:
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    tensors["loss_curve"] = losses[:step].cpu()
     params = [p for group in optimizer.param_groups for p in group["params"]]
     for i, p in enumerate(params):
         buffer = optimizer.state.get(p, {}).get("momentum_buffer")
@@ -85,37 +100,58 @@ def _saved_state_config(path: Path) -> dict:
                               f"again from step 0, or use a new --out") from exc
 
 
-def _load_train_state(path: Path, model, optimizer, config: TrainConfig):
+def _load_train_state(path: Path, model, optimizer, config: TrainConfig, losses: torch.Tensor):
     tensors, metadata = read_tensors(path)
     _check_same_config(path, json.loads(metadata.get("config", "{}")), config)
     model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
+    step = int(metadata["step"])
+    if "loss_curve" in tensors:
+        losses[:step] = tensors["loss_curve"][:step]
     params = [p for group in optimizer.param_groups for p in group["params"]]
     for i, p in enumerate(params):
         if f"momentum.{i}" in tensors:
             # in the parameter's memory layout (channels_last), as SGD creates it: bit-identical steps
             optimizer.state[p]["momentum_buffer"] = torch.empty_like(p).copy_(tensors[f"momentum.{i}"])
-    return int(metadata["step"]), float(metadata.get("train_seconds", "0"))
+    return step, float(metadata.get("train_seconds", "0"))
 
 
 def train(config: TrainConfig, out_dir, *, device="cpu", resume: bool = False, progress: bool = True,
-          data_dir=None) -> Path:
+          data_dir=None, world=None, sync_bn: bool = False) -> Path:
     """Train a model as `config` says, saving to `out_dir`; returns the checkpoint folder.
 
     Holds `out_dir`'s folder lock while it trains (`rcedetect.locks`): a second writer is refused with the
-    holder's PID."""
+    holder's PID. `world`: the torchrun job to train with DDP (module docstring; rank 0 holds the lock);
+    None trains in this process alone. `sync_bn`: SyncBatchNorm across the ranks (CUDA only)."""
+    world = world or SINGLE
     out_dir = output_folder(out_dir, "--out")
-    device = resolve_device(device) if isinstance(device, str) else device
+    device = world.device if world.active else (resolve_device(device) if isinstance(device, str) else device)
+    _check_distributed(config, world, device, sync_bn)
     augment = augmentation_of(config.augment)
     _check_out_dir(out_dir, config, resume)
     if resume and (out_dir / WEIGHTS_FILE).exists() and not (out_dir / TRAIN_STATE_FILE).exists():
         return out_dir  # already finished with these settings: nothing to continue
     # One writer per checkpoint folder: a second `train` (or a reproduction training the same model) is refused.
-    with FolderLock(out_dir, "training"):
+    with FolderLock(out_dir, "training") if world.is_main else nullcontext():
+        if world.is_main:
+            remove_stale_temps(out_dir)  # of a killed writer: nobody else writes here now
+        world.barrier()  # the other ranks start once rank 0 holds the lock; nobody writes before
         _check_out_dir(out_dir, config, resume)  # again under the lock: another process may have finished it
         if resume and (out_dir / WEIGHTS_FILE).exists() and not (out_dir / TRAIN_STATE_FILE).exists():
             return out_dir
-        return _train(config, out_dir, device=device, resume=resume, progress=progress, data_dir=data_dir,
-                      augment=augment)
+        return _train(config, out_dir, device=device, resume=resume, progress=progress and world.is_main,
+                      data_dir=data_dir, augment=augment, world=world, sync_bn=sync_bn)
+
+
+def _check_distributed(config: TrainConfig, world, device, sync_bn: bool) -> None:
+    if sync_bn and not world.active:
+        raise InputError("--sync-bn synchronises BatchNorm across the ranks of a torchrun job: launch with "
+                         "'torchrun --nproc-per-node N -m rcedetect train ...', or drop it")
+    if sync_bn and device.type != "cuda":
+        raise InputError("--sync-bn needs CUDA devices (PyTorch's SyncBatchNorm has no CPU kernel): drop it, or "
+                         "train on GPUs")
+    if config.batch_size % world.size:
+        raise InputError(f"the batch of {config.batch_size} cannot be split equally over {world.size} ranks: use a "
+                         f"number of ranks that divides it")
 
 
 def _check_out_dir(out_dir: Path, config: TrainConfig, resume: bool) -> None:
@@ -135,7 +171,8 @@ def _check_out_dir(out_dir: Path, config: TrainConfig, resume: bool) -> None:
         _check_same_config(state_path, _saved_state_config(state_path), config)
 
 
-def _train(config: TrainConfig, out_dir: Path, *, device, resume: bool, progress: bool, data_dir, augment) -> Path:
+def _train(config: TrainConfig, out_dir: Path, *, device, resume: bool, progress: bool, data_dir, augment,
+           world=SINGLE, sync_bn: bool = False) -> Path:
     from tqdm.auto import tqdm
 
     state_path = out_dir / TRAIN_STATE_FILE
@@ -146,15 +183,24 @@ def _train(config: TrainConfig, out_dir: Path, *, device, resume: bool, progress
 
     torch.manual_seed(config.seed)
     model = build_model(config).to(device).to(memory_format=torch.channels_last)
+    if sync_bn:
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     optimizer = torch.optim.SGD(_param_groups(model, config.weight_decay), lr=config.lr_values[0],
                                 momentum=config.momentum)
+    losses = torch.zeros(config.steps, dtype=torch.float64, device=device)
     start, seconds_before = 0, 0.0
     if resume and state_path.exists():
-        start, seconds_before = _load_train_state(state_path, model, optimizer, config)
+        start, seconds_before = _load_train_state(state_path, model, optimizer, config, losses)
+    net = model
+    if world.active:
+        from torch.nn.parallel import DistributedDataParallel
+
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    share = slice(world.rank * config.batch_size // world.size, (world.rank + 1) * config.batch_size // world.size)
 
     images, labels = train_set.images.to(device), train_set.labels.to(device)
     mixed = config.precision == Precision.BFLOAT16  # autocast: weights, gradients and SGD stay float32
-    model.train()
+    net.train()
     bar = tqdm(total=config.steps, initial=start, desc=f"train {config.dataset} {config.objective.upper()}-"
                f"ResNet{config.depth}", unit="step", disable=not progress, dynamic_ncols=True)
     t0, window_t, window_images, correct, seen = time.perf_counter(), time.perf_counter(), 0, 0, 0
@@ -166,34 +212,50 @@ def _train(config: TrainConfig, out_dir: Path, *, device, resume: bool, progress
         if config.augment:
             generator = torch.Generator().manual_seed(config.seed * _AUGMENT_STREAM + step)
             x = augment(x, generator)
-        x = x.contiguous(memory_format=torch.channels_last)
-        y = labels[index]
+        x = x[share].contiguous(memory_format=torch.channels_last)
+        y = labels[index][share]
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=mixed):
-            logits = model(x)
+            logits = net(x)
         loss = loss_fn(logits.float(), y)  # shown unscaled; the gradient step uses loss_scale
         optimizer.zero_grad(set_to_none=True)
         (loss * config.loss_scale).backward()
         optimizer.step()
+        losses[step] = world.all_mean(loss.detach())
 
-        window_images += y.shape[0]
+        window_images += y.shape[0] * world.size
         if progress and (step % 10 == 9 or step + 1 == config.steps):
             correct += (logits.argmax(1) == y).sum().item()
             seen += y.shape[0]
             now = time.perf_counter()
-            bar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{correct / seen:.3f}",
+            bar.set_postfix(loss=f"{losses[step].item():.3f}", acc=f"{correct / seen:.3f}",
                             img_s=f"{window_images / (now - window_t):.0f}", lr=config.learning_rate(step))
             window_t, window_images, correct, seen = now, 0, 0, 0
         bar.update(1)
-        if (step + 1) % config.checkpoint_every == 0 and step + 1 < config.steps:
+        if (step + 1) % config.checkpoint_every == 0 and step + 1 < config.steps and world.is_main:
             _save_train_state(state_path, model, optimizer, config, step + 1,
-                              seconds_before + time.perf_counter() - t0)
+                              seconds_before + time.perf_counter() - t0, losses)
     bar.close()
     train_seconds = seconds_before + time.perf_counter() - t0
 
-    model.eval()
-    test_accuracy = accuracy(model, test_set.images, test_set.labels, device=device)
-    metrics = {"test_accuracy": test_accuracy, "test_error": 1.0 - test_accuracy,
-               "train_seconds": train_seconds, "device": str(device), "torch_version": torch.__version__}
-    save_checkpoint(out_dir, model.to(memory_format=torch.contiguous_format), config, metrics)
-    state_path.unlink(missing_ok=True)
+    if world.is_main:
+        model.eval()
+        test_accuracy = accuracy(model, test_set.images, test_set.labels, device=device)
+        metrics = {"test_accuracy": test_accuracy, "test_error": 1.0 - test_accuracy,
+                   "train_seconds": train_seconds, "device": str(device), "torch_version": torch.__version__}
+        if world.active:
+            metrics.update(world_size=world.size, sync_bn=sync_bn)
+        atomic_save_tensors(out_dir / TRAIN_LOSS_FILE, {"loss": losses.cpu()},
+                            {"world_size": str(world.size), "sync_bn": str(sync_bn)})
+        if sync_bn:
+            model = _plain_batchnorm(model, config)
+        save_checkpoint(out_dir, model.to(memory_format=torch.contiguous_format), config, metrics)
+        state_path.unlink(missing_ok=True)
+    world.barrier()  # the others return once the checkpoint is written
     return out_dir
+
+
+def _plain_batchnorm(model, config: TrainConfig):
+    """The trained weights in the ordinary model (SyncBatchNorm has the same parameters and buffers)."""
+    plain = build_model(config).to(next(model.parameters()).device)
+    plain.load_state_dict(model.state_dict())
+    return plain

@@ -46,28 +46,37 @@ def list_cells(rep) -> None:
 
 
 def reproduce(dataset: str, preset: str, args) -> int:
-    from .. import validate
+    """Under torchrun every rank runs this; rank 0 prints, lists and renders the report (after the run's
+    last barrier: every cell is stored by then)."""
+    from .. import distributed, validate
     from ..reproduce import Reproduction, render_report
     from ._common import check_options
 
     check_options(args)
     out = args.out or f"runs/{dataset}-{preset}"
     validate.output_folder(out, "--out")
-    rep = Reproduction(dataset, preset, out, device=args.device, data_dir=args.data_dir, progress=args.progress)
-    rep.check_run_folder()
-    rep.select(args.only)  # refuses a prefix that matches no cell
-    if args.list:
-        list_cells(rep)
+    world = distributed.setup(args.device)
+    try:
+        say = print if world.is_main else (lambda *a, **k: None)
+        rep = Reproduction(dataset, preset, out, device=args.device, data_dir=args.data_dir, progress=args.progress)
+        rep.check_run_folder()
+        rep.select(args.only)  # refuses a prefix that matches no cell
+        if args.list:
+            if world.is_main:
+                list_cells(rep)
+            return 0
+        ranks = f" on {world.size} ranks ({world.device.type})" if world.active else ""
+        say(f"reproducing Pang et al. 2018 on {dataset} (preset {preset}) into {out}{ranks}; "
+            f"estimated ~{rep.estimate_seconds() / 60:.0f} min on a quiet 2-core CPU (cells already done are skipped)")
+        t0 = time.perf_counter()
+        results = rep.run(only=args.only)
+        say(f"{len(results)} cells in {(time.perf_counter() - t0) / 60:.1f} min -> {out}/cells/")
+        if args.report and world.is_main:
+            paths = render_report(out)
+            print(f"report: {paths['markdown']} and {paths['html']} ({len(paths['figures'])} figures)")
         return 0
-    print(f"reproducing Pang et al. 2018 on {dataset} (preset {preset}) into {out}; "
-          f"estimated ~{rep.estimate_seconds() / 60:.0f} min on a quiet 2-core CPU (cells already done are skipped)")
-    t0 = time.perf_counter()
-    results = rep.run(only=args.only)
-    print(f"{len(results)} cells in {(time.perf_counter() - t0) / 60:.1f} min -> {out}/cells/")
-    if args.report:
-        paths = render_report(out)
-        print(f"report: {paths['markdown']} and {paths['html']} ({len(paths['figures'])} figures)")
-    return 0
+    finally:
+        distributed.shutdown()
 
 
 def run(args) -> int:

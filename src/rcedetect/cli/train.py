@@ -22,12 +22,17 @@ def register(subparsers) -> None:
     parser.add_argument("--out", required=True, help="checkpoint folder to create")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bar")
+    parser.add_argument("--sync-bn", action="store_true",
+                        help="under torchrun: SyncBatchNorm, BatchNorm statistics over the whole batch instead of "
+                             "each rank's share (CUDA only)")
     add_device_argument(parser)
     add_data_dir_argument(parser)
     parser.set_defaults(func=run)
 
 
 def run(args) -> int:
+    """Under torchrun every rank trains its share of each batch (DDP); rank 0 writes and prints."""
+    from .. import distributed
     from ..config import with_overrides
     from ..training import train
     from .eval import print_row
@@ -41,7 +46,12 @@ def run(args) -> int:
                            precision=args.precision)
     if args.checkpoint_every is not None:
         config = with_overrides(config, checkpoint_every=args.checkpoint_every)
-    out = train(config, args.out, device=args.device, resume=args.resume, progress=args.progress,
-                data_dir=args.data_dir)
-    print_row(out)
+    world = distributed.setup(args.device)
+    try:
+        out = train(config, args.out, device=args.device, resume=args.resume, progress=args.progress,
+                    data_dir=args.data_dir, world=world, sync_bn=args.sync_bn)
+    finally:
+        distributed.shutdown()
+    if world.is_main:
+        print_row(out)
     return 0

@@ -1,7 +1,9 @@
 """The progress display of a run: which cell runs, its progress, and the overall ETA (tqdm).
 
 Cells report through `fraction(done)` and `chunk_callback(label, lo, hi)`; `NullProgress` is the
-same interface doing nothing, so a cell never asks whether a display exists.
+same interface doing nothing, so a cell never asks whether a display exists. Under torchrun only
+rank 0 shows the display, one line for the whole job: its own cells as they run, the other ranks'
+cells as they finish (`add`).
 """
 
 
@@ -21,10 +23,12 @@ NO_PROGRESS = NullProgress()
 class Progress(NullProgress):
     """Overall bar weighted by the cells' estimated costs, plus a per-cell bar for chunked attacks."""
 
-    def __init__(self, costs, done, enabled: bool):
+    def __init__(self, costs, done, enabled: bool, note: str = ""):
         from tqdm.auto import tqdm
 
         self.enabled = enabled
+        self.note = f" ({note})" if note else ""
+        self.finished = sum(1 for d in done if d)  # cells done, here or on other ranks
         self.total = sum(costs)
         initial = sum(c for c, d in zip(costs, done) if d)
         self.bar = tqdm(total=self.total, initial=initial, position=0, dynamic_ncols=True, disable=not enabled,
@@ -37,7 +41,7 @@ class Progress(NullProgress):
 
     def start(self, index: int, name: str, cost: float) -> None:
         self.cell_cost, self.cell_done = cost, 0.0
-        self.bar.set_description_str(f"[{index + 1}/{self.count}] {name}")
+        self.bar.set_description_str(f"[{index + 1}/{self.count}] {name}{self.note}")
 
     def fraction(self, done: float) -> None:
         """The running cell is `done` (0..1) complete."""
@@ -49,6 +53,17 @@ class Progress(NullProgress):
     def finish(self) -> None:
         self.fraction(1.0)
         self.close_inner()
+        self.finished += 1
+
+    def add(self, cost: float) -> None:
+        """A cell of estimated `cost` finished elsewhere (another rank)."""
+        self.bar.update(cost)
+        self.finished += 1
+        self.waiting()
+
+    def waiting(self) -> None:
+        """Nothing runs here until the other ranks catch up."""
+        self.bar.set_description_str(f"[{self.finished}/{self.count}] waiting for the other ranks{self.note}")
 
     def chunk_callback(self, label: str, lo: float = 0.0, hi: float = 1.0):
         """A `CellStore.chunked` callback showing a per-cell bar and moving the overall one."""

@@ -10,8 +10,15 @@ is recomputed. Every file is written to a temporary name and renamed (atomic on 
 killed at any moment leaves complete files or none: rerunning continues where it stopped, and a
 chunked computation (`chunked`) continues at its first missing chunk.
 
+Under torchrun (`rcedetect.distributed`) a store whose `spread` is the job's `World` shares the
+missing chunks of every chunked computation out among the ranks (round-robin over the missing
+chunks, so a resumed run spreads what is left); every rank computes its chunks into the shared
+RUN/cache, rank 0 joins them once all are written, and every rank returns the joined tensors. All
+ranks must then make the same `chunked` calls in the same order (`Reproduction` arranges it).
+
 Provenance (per cell): package version, git commit (when the package runs from a git checkout),
-torch version, device, wall time and the UTC time it finished.
+torch version, device, rank and world size of the process that wrote it, wall time and the UTC
+time it finished.
 """
 
 import hashlib
@@ -82,7 +89,9 @@ def describe_device(device) -> str:
 class CellStore:
     """Cells and cached tensors of one run folder (see the module docstring)."""
 
-    def __init__(self, run_dir, *, device="cpu", weights_of=None):
+    def __init__(self, run_dir, *, device="cpu", weights_of=None, world=None):
+        from ..distributed import SINGLE
+
         self.run_dir = Path(run_dir)
         self.cells_dir = self.run_dir / "cells"
         self.cache_dir = self.run_dir / "cache"
@@ -90,6 +99,10 @@ class CellStore:
         # config -> {model tag: sha256 of its weights} (`RunContext.weights_sha256`): cached tensors record
         # it and are reused only while it is unchanged. None: no weight check (a store outside a run).
         self.weights_of = weights_of
+        self.world = world or SINGLE  # recorded in the provenance
+        # The World whose ranks share the chunks of `chunked` out among them; None: this process computes
+        # every chunk (also under torchrun, inside a cell only this rank computes).
+        self.spread = None
 
     def _weights_text(self, config):
         return None if self.weights_of is None else json.dumps(self.weights_of(config), sort_keys=True)
@@ -130,6 +143,11 @@ class CellStore:
         record = self.load(name)
         if record is not None and self.is_done(name, config, weights=weights() if weights else None):
             return record["result"]
+        return self.recompute(name, config, fn, seed=seed, weights=weights, run=run)
+
+    def recompute(self, name: str, config, fn, *, seed: int, weights=None, run=None, write: bool = True):
+        """`fn()` recorded as cell `name` (as `compute`, without looking for a stored result). `write`:
+        whether this process writes the record (under torchrun every rank runs a spread cell, one writes)."""
         started = time.perf_counter()
         result = normalise(fn())
         check_finite(result, name)
@@ -144,6 +162,8 @@ class CellStore:
                 "git_commit": git_commit(),
                 "torch_version": torch.__version__,
                 "device": describe_device(self.device),
+                "rank": self.world.rank,
+                "world_size": self.world.size,
                 "wall_seconds": time.perf_counter() - started,
                 "finished_utc": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
             },
@@ -152,7 +172,8 @@ class CellStore:
             record[WEIGHTS_KEY] = weights()
         if run is not None:
             record["run"] = normalise(run)
-        atomic_write_json(self.path(name), record)
+        if write:
+            atomic_write_json(self.path(name), record)
         return result
 
     def records(self) -> dict:
@@ -202,52 +223,110 @@ class CellStore:
         `chunk`, caching every chunk, and return (concatenated tensors, seconds).
 
         `seconds` is the compute time summed over the chunks (also those computed by an earlier,
-        interrupted run: each chunk stores its own), so per-example timings survive a resume.
-        `on_chunk(done_rows, n)` is called after each chunk (progress display).
+        interrupted run, or by other ranks: each chunk stores its own), so per-example timings survive
+        a resume. `on_chunk(done_rows, n)` is called after each chunk (progress display). With
+        `spread` set, this rank computes only its share of the missing chunks (module docstring).
         """
+        if self.spread is not None and self.spread.active:
+            return self._chunked_spread(key, config, n, chunk, fn, on_chunk)
         hit = self.load_tensors(key, config)
         if hit is not None:
             tensors, metadata = hit
             if on_chunk is not None:
                 on_chunk(n, n)
             return tensors, float(metadata.get("seconds", "0"))
-        parts_dir = self.cache_dir / f"{key}.parts"
-        digest = config_hash(config)
         parts, seconds = [], 0.0
-        for start in range(0, n, chunk):
-            stop = min(n, start + chunk)
-            part_path = parts_dir / f"{start:07d}-{stop:07d}.safetensors"
-            part = None
-            if part_path.exists():
-                try:
-                    part, metadata = read_tensors(part_path)
-                    if metadata.get("config_hash") != digest or not self._same_weights(metadata, config):
-                        part = None
-                    else:
-                        seconds += float(metadata.get("seconds", "0"))
-                except CheckpointError:
-                    part = None
-            if part is None:
-                t0 = time.perf_counter()
-                part = {k: v.detach().cpu() for k, v in fn(start, stop).items()}
-                took = time.perf_counter() - t0
-                seconds += took
-                meta = {"config_hash": digest, "seconds": repr(took)}
-                if self.weights_of is not None:
-                    meta["weights_sha256"] = self._weights_text(config)
-                atomic_save_tensors(part_path, part, meta)
+        for start, stop in _ranges(n, chunk):
+            found = self._read_part(key, config, start, stop)
+            part, took = found if found is not None else self._compute_part(key, config, start, stop, fn)
+            seconds += took
             parts.append(part)
             if on_chunk is not None:
                 on_chunk(stop, n)
+        return self._join(key, config, parts, seconds), seconds
+
+    def _chunked_spread(self, key, config, n, chunk, fn, on_chunk):
+        world = self.spread
+        ranges = _ranges(n, chunk)
+        hit = self.load_tensors(key, config)
+        found = [None] * len(ranges) if hit is not None else [self._read_part(key, config, *r) for r in ranges]
+        # Consensus before anyone writes: every rank sees the same cache, and acts on the same flags.
+        agreed = world.all_min([hit is not None] + [f is not None for f in found])
+        if agreed[0]:
+            if on_chunk is not None:
+                on_chunk(n, n)
+            return hit[0], float(hit[1].get("seconds", "0"))
+        missing = [j for j, present in enumerate(agreed[1:]) if not present]
+        done = sum(stop - start for j, (start, stop) in enumerate(ranges) if j not in missing)
+        for j in missing[world.rank::world.size]:
+            self._compute_part(key, config, *ranges[j], fn)
+            done += ranges[j][1] - ranges[j][0]
+            if on_chunk is not None:
+                on_chunk(done, n)
+        world.barrier()  # every chunk is on disk
+        if world.is_main:
+            parts, seconds = [], 0.0
+            for start, stop in ranges:
+                part = self._read_part(key, config, start, stop)
+                if part is None:
+                    raise RceDetectError(f"chunk {start}:{stop} of {self.tensor_path(key)} written by another "
+                                         f"rank cannot be read here: every rank must share the run folder "
+                                         f"(the same path on a shared file system)")
+                parts.append(part[0])
+                seconds += part[1]
+            self._join(key, config, parts, seconds)
+        world.barrier()  # the joined file is on disk
+        hit = self.load_tensors(key, config)
+        if hit is None:
+            raise RceDetectError(f"{self.tensor_path(key)} written by rank 0 cannot be read on "
+                                 f"{world.describe()}: every rank must share the run folder (the same path on a "
+                                 f"shared file system)")
+        if on_chunk is not None:
+            on_chunk(n, n)
+        return hit[0], float(hit[1].get("seconds", "0"))
+
+    def _part_path(self, key: str, start: int, stop: int) -> Path:
+        return self.cache_dir / f"{key}.parts" / f"{start:07d}-{stop:07d}.safetensors"
+
+    def _read_part(self, key, config, start, stop):
+        """(tensors, seconds) of a stored chunk computed for this config and these weights, else None."""
+        path = self._part_path(key, start, stop)
+        if not path.exists():
+            return None
+        try:
+            part, metadata = read_tensors(path)
+        except (CheckpointError, FileNotFoundError):
+            return None  # damaged (recomputed, never trusted) or joined and removed meanwhile
+        if metadata.get("config_hash") != config_hash(config) or not self._same_weights(metadata, config):
+            return None
+        return part, float(metadata.get("seconds", "0"))
+
+    def _compute_part(self, key, config, start, stop, fn):
+        t0 = time.perf_counter()
+        part = {k: v.detach().cpu() for k, v in fn(start, stop).items()}
+        took = time.perf_counter() - t0
+        meta = {"config_hash": config_hash(config), "seconds": repr(took)}
+        if self.weights_of is not None:
+            meta["weights_sha256"] = self._weights_text(config)
+        atomic_save_tensors(self._part_path(key, start, stop), part, meta)
+        return part, took
+
+    def _join(self, key, config, parts, seconds) -> dict:
+        """The chunks concatenated, saved as the computation's cache entry; the chunk files removed."""
         tensors = {k: torch.cat([p[k] for p in parts]) for k in parts[0]} if parts else {}
         self.save_tensors(key, config, tensors, seconds=repr(seconds))
+        parts_dir = self.cache_dir / f"{key}.parts"
         for path in parts_dir.glob("*.safetensors"):
             path.unlink(missing_ok=True)
         try:
             parts_dir.rmdir()
         except OSError:
             pass
-        return tensors, seconds
+        return tensors
+
+
+def _ranges(n: int, chunk: int) -> list:
+    return [(start, min(n, start + chunk)) for start in range(0, n, chunk)]
 
 
 def _model_identities(config, found):

@@ -10,7 +10,14 @@ class Cell:
 
     A cell's stored result is reused as long as `config(ctx)` is unchanged, so the config names
     everything `compute` depends on. Subclasses are small frozen dataclasses of their parameters.
+
+    Under torchrun (`Reproduction`), `trains` cells run first, each on one rank; a `spread` cell's cost
+    is its chunked attacks, so every rank runs it and computes a share of their chunks; any other
+    cell runs on one rank.
     """
+
+    trains = False
+    spread = False
 
     @property
     def name(self) -> str:
@@ -25,4 +32,9 @@ class Cell:
 
     def cost(self, ctx: RunContext, costs: CostModel) -> float:
         """Estimated seconds on a quiet 2-core CPU (weights the overall ETA)."""
+        raise NotImplementedError
+
+    def spread_n(self, ctx: RunContext) -> int:
+        """A spread cell's images per chunked attack: how many chunks its ranks share (the estimate of a
+        run on several ranks)."""
         raise NotImplementedError

@@ -21,6 +21,7 @@ class TrainCell(Cell):
     which: int
     depth: int
     objective: str
+    trains = True
 
     @property
     def name(self):

@@ -83,6 +83,8 @@ class Table2Cell(Cell):
     attack: Attack
     objective: str
 
+    spread = True
+
     @property
     def name(self):
         return schema.table2_cell(self.attack, self.objective)
@@ -107,6 +109,9 @@ class Table2Cell(Cell):
                 "attack_success_rate": float(tensors["success"].float().mean()),
                 "attack_seconds": seconds, "seconds_per_example": seconds / n, **out}
 
+    def spread_n(self, ctx):
+        return self._args(ctx)[0]
+
     def cost(self, ctx, costs):
         n, _, settings = self._args(ctx)
         depth = ctx.preset.depths[0]
@@ -120,6 +125,8 @@ class Fig3Cell(Cell):
 
     attack: Attack
     objective: str
+
+    spread = True
 
     @property
     def name(self):
@@ -152,6 +159,9 @@ class Fig3Cell(Cell):
         return {"attack": self.attack, "objective": self.objective, "x_axis": EPS_AXIS.get(self.attack, "eps"),
                 "eps": list(grid), "n": n, "accuracy": accuracy, "attack_success_rate": success,
                 "clean_accuracy": _clean_accuracy(ctx, self.objective, n), "attack_seconds": seconds}
+
+    def spread_n(self, ctx):
+        return self._n(ctx)
 
     def cost(self, ctx, costs):
         p, depth = ctx.preset, ctx.preset.depths[0]
@@ -240,6 +250,8 @@ class CwcCell(Cell):
 
     objective: str
 
+    spread = True
+
     @property
     def name(self):
         return schema.cwc_cell(self.objective)
@@ -268,6 +280,9 @@ class CwcCell(Cell):
         return {"objective": self.objective, "c": list(grid), "n": n, "accuracy": accuracy,
                 "attack_success_rate": success, "attack_seconds": seconds,
                 "clean_accuracy": _clean_accuracy(ctx, self.objective, n)}
+
+    def spread_n(self, ctx):
+        return ctx.preset.cw_fixed_n
 
     def cost(self, ctx, costs):
         p = ctx.preset

@@ -36,6 +36,8 @@ class Table3Cell(Cell):
     kappa: float
     objective: str
 
+    spread = True
+
     @property
     def name(self):
         return schema.table3_cell(self.kappa, self.objective)
@@ -88,6 +90,9 @@ class Table3Cell(Cell):
                                    "distortion": sig(dist[order])}
         return out
 
+    def spread_n(self, ctx):
+        return ctx.preset.cwwb_n
+
     def cost(self, ctx, costs):
         p = ctx.preset
         # Two C&W phases (ordinary C&W, then with the attack bank's K-density term).
@@ -107,6 +112,8 @@ class Table4Cell(Cell):
 
     substitute: str
     target: str
+
+    spread = True
 
     @property
     def name(self):
@@ -130,6 +137,9 @@ class Table4Cell(Cell):
                                   y[fed].to(ctx.device), ctx.on_device(result.x_adv[fed]))
         return {**out, **row}
 
+    def spread_n(self, ctx):
+        return ctx.preset.cwwb_n
+
     def cost(self, ctx, costs):
         return costs.forward(ctx.dataset, ctx.preset.depths[1], 2 * ctx.preset.cwwb_n) + 1
 
@@ -140,6 +150,8 @@ class AdaptiveCell(Cell):
     of images; every reported value is a mean over images, so chunk values combine exactly by size."""
 
     objective: str
+
+    spread = True
 
     @property
     def name(self):
@@ -196,6 +208,9 @@ class AdaptiveCell(Cell):
                 "robust_accuracy_with_rejection": curves, "by_method": by_method,
                 "undefended_robust_accuracy": combine(tensors["undefended"]),
                 "attack_seconds": seconds, "seconds_per_example": seconds / n}
+
+    def spread_n(self, ctx):
+        return ctx.preset.adaptive_n
 
     def cost(self, ctx, costs):
         p = ctx.preset
