@@ -17,7 +17,7 @@ run keeps what it finished. Definitions: `rcedetect.evaluation.threat_models`.
 import json
 from pathlib import Path
 
-from ..names import PAPER_METRICS, Metric, Norm, PGDMethod
+from ..names import PAPER_METRICS, PGD_RULES, Metric, Norm
 from ._common import add_data_dir_argument, add_device_argument, print_notes
 from ._threat_models import add_detector_arguments, detector_settings
 
@@ -62,7 +62,7 @@ def register(subparsers) -> None:
     pgd.add_argument("--metrics", nargs="+", choices=[m.value for m in PAPER_METRICS], default=[m.value for m in PAPER_METRICS])
     pgd.add_argument("--pgd-steps", type=int, default=100)
     pgd.add_argument("--restarts", type=int, default=1)
-    pgd.add_argument("--methods", nargs="+", choices=PGDMethod.choices(), default=list(PGDMethod.choices()),
+    pgd.add_argument("--methods", nargs="+", choices=[m.value for m in PGD_RULES], default=[m.value for m in PGD_RULES],
                      help="update rules; an input counts as broken when any of them breaks it")
     add_detector_arguments(parser)
     parser.add_argument("--json", dest="json_stdout", action="store_true", help="also print the report as JSON")

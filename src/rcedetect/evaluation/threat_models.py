@@ -31,7 +31,7 @@ from ..attacks.cw_wb import CWWBResult, cw_wb
 from ..attacks.result import num_classes_of, random_targets
 from ..errors import InputError, check_keywords
 from ..inference import batched_outputs
-from ..names import PAPER_METRICS, Attack, Metric, Norm, PGDMethod
+from ..names import PAPER_METRICS, PGD_RULES, Attack, Metric, Norm, PGDMethod
 from .detection import auc_score, counting_mask, robust_accuracy_with_rejection
 from .distortion import distortion
 
@@ -322,7 +322,7 @@ class _AcceptAll:
 
 def adaptive_curve(model, detectors: Mapping, x: torch.Tensor, y: torch.Tensor, *,
                    eps_values=(0.0, 0.1, 0.2, 0.3), norm: str = Norm.LINF, steps: int = 100, restarts: int = 1,
-                   methods=tuple(PGDMethod), step_size=None, seed: int = 0,
+                   methods=PGD_RULES, step_size=None, seed: int = 0,
                    include_undefended: bool = True) -> dict:
     """Robust accuracy with rejection vs eps under `detector_aware_pgd` (beyond the paper).
 
@@ -554,7 +554,7 @@ def _label(loaded, used) -> str:
 def threat_model_report(checkpoints, *, targets=(), tables=None, n: int = 100, start=None, seed: int = 0,
                         batch_size: int = 100, cw_settings=None, eps_values=(0.0, 0.1, 0.2, 0.3),
                         norm=Norm.LINF, metrics=PAPER_METRICS, pgd_steps: int = 100, restarts: int = 1,
-                        methods=tuple(PGDMethod), detector_settings=None, device="cpu"):
+                        methods=PGD_RULES, detector_settings=None, device="cpu"):
     """Table 3, appendix Table 2, Table 4 and the adaptive curve for checkpoint folders, step by step.
 
     checkpoints: models of Table 3 / Table 2 / the adaptive curve, and Table 4's substitutes; targets:
