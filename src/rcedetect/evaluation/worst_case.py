@@ -404,9 +404,12 @@ def summarize_worst_case(tensors: dict, *, budget: WorstCaseBudget, thresholds: 
         else:
             checks["large_eps"] = _check(NA, "not run", None)
         entry["checks"] = checks
-        entry["min_distortion"] = {norm: {"median": _median_distortion(v), "broken_fraction": float(np.isfinite(v).mean())
-                                          if n else None, "per_input": [None if not np.isfinite(e) else float(e) for e in v]}
+        entry["min_distortion"] = {norm: {"median": _median_distortion(v),
+                                          "broken_fraction": float(np.isfinite(v).mean()) if n else None}
                                    for norm, v in min_eps.items()}
+        entry["per_example"] = {"min_distortion": {norm: [float(e) if np.isfinite(e) else None for e in v]
+                                                   for norm, v in min_eps.items()},
+                                "first_attack": {norm: t[f"{name}.first.{norm}"].tolist() for norm in budget.eps}}
         for key in (f"{name}.cw_l2", f"{name}.cw_linf"):
             if key in t:
                 v = t[key]
