@@ -61,6 +61,17 @@ class DetectorAwareResult(NamedTuple):
     restart: torch.Tensor
 
 
+class AcceptAll:
+    """A detector that accepts everything: PGD against it attacks the undefended classifier (the
+    baseline of the adaptive evaluations, and the detector-oblivious transfer attack)."""
+
+    threshold_ = -1.0
+    calibration_scores_ = None
+
+    def score_samples(self, model_output):
+        return torch.zeros(model_output.logits.shape[0], device=model_output.logits.device)
+
+
 def decision_scale(detector) -> float:
     """s: the std of the detector's clean calibration scores (1 when unknown or degenerate), which puts
     the decision d = score - threshold on a logit-like scale in the attacks' objectives."""

@@ -26,7 +26,7 @@ from types import MappingProxyType
 import numpy as np
 import torch
 
-from ..attacks.adaptive_pgd import DetectorAwareResult, detector_aware_pgd
+from ..attacks.adaptive_pgd import AcceptAll, DetectorAwareResult, detector_aware_pgd
 from ..attacks.cw_wb import CWWBResult, cw_wb
 from ..attacks.result import num_classes_of, random_targets
 from ..errors import InputError, check_keywords
@@ -310,16 +310,6 @@ def transfer_table(substitutes: Mapping, targets: Mapping, x: torch.Tensor, y: t
 
 
 # ----------------------------------------------------------------------------------- adaptive attack
-class _AcceptAll:
-    """A detector that accepts everything: the undefended classifier as a baseline."""
-
-    threshold_ = -1.0
-    calibration_scores_ = None
-
-    def score_samples(self, model_output):
-        return torch.zeros(model_output.logits.shape[0], device=model_output.logits.device)
-
-
 def adaptive_curve(model, detectors: Mapping, x: torch.Tensor, y: torch.Tensor, *,
                    eps_values=(0.0, 0.1, 0.2, 0.3), norm: str = Norm.LINF, steps: int = 100, restarts: int = 1,
                    methods=PGD_RULES, step_size=None, seed: int = 0,
@@ -347,7 +337,7 @@ def adaptive_curve(model, detectors: Mapping, x: torch.Tensor, y: torch.Tensor, 
     curves = {}
     named = dict(detectors)
     if include_undefended:
-        named["undefended"] = _AcceptAll()
+        named["undefended"] = AcceptAll()
     for name, detector in named.items():
         use = (PGDMethod.SELECTIVE,) if name == "undefended" else tuple(methods)  # no detector: plain margin PGD
         curve = {"robust_accuracy_with_rejection": [], "by_method": {m: [] for m in use}}

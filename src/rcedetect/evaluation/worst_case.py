@@ -44,9 +44,10 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
-from ..attacks.adaptive_pgd import NORMS, detector_aware_pgd
+from ..attacks.adaptive_pgd import NORMS, AcceptAll, detector_aware_pgd
 from ..attacks.cw_wb import cw_l2_detector
 from ..errors import InputError
+from ..inference import eval_mode
 from ..names import Formulation, Norm, PGDMethod
 
 DEFAULT_LAMBDAS = (0.1, 1.0, 10.0)
@@ -150,16 +151,6 @@ def _check_detectors(detectors):
             raise InputError(f"detector {name!r} must be a fitted ThresholdDetector (score_samples and threshold_)")
 
 
-class _AcceptAll:
-    """A detector that accepts everything: the undefended classifier (baseline and transfer source)."""
-
-    threshold_ = -1.0
-    calibration_scores_ = None
-
-    def score_samples(self, model_output):
-        return torch.zeros(model_output.logits.shape[0], device=model_output.logits.device)
-
-
 def _system_breaks(model, detector, x_adv, y) -> torch.Tensor:
     """(N,) bool: x_adv misclassified and accepted by `detector` (re-checked, independent of the attack)."""
     with torch.no_grad():
@@ -210,8 +201,12 @@ def worst_case_examples(model, detectors, x: torch.Tensor, y: torch.Tensor, *, b
     if not torch.is_tensor(x) or x.dim() != 4 or not torch.is_tensor(y) or y.shape != (x.shape[0],):
         raise InputError(f"expected images (N, C, H, W) and labels (N,), got {getattr(x, 'shape', x)} and "
                          f"{getattr(y, 'shape', y)}")
+    with eval_mode(model):
+        return _worst_case_examples(model, detectors, x, y.to(x.device), budget=budget, seed=seed)
+
+
+def _worst_case_examples(model, detectors, x, y, *, budget, seed):
     n, device = x.shape[0], x.device
-    y = y.to(device)
     attacks = budget.attacks
     pgd = [(label, f, lam) for label, f, lam in attacks if f != Formulation.CW_L2]
     everyone = torch.arange(n, device=device)
@@ -225,7 +220,7 @@ def worst_case_examples(model, detectors, x: torch.Tensor, y: torch.Tensor, *, b
     out = {}
     with torch.no_grad():
         out["correct"] = (model(x).argmax(1) == y).long()
-    accept_all, undefended = _AcceptAll(), {}
+    accept_all, undefended = AcceptAll(), {}
     for norm, grid in budget.eps.items():  # the baseline, and the transfer attack's examples
         results = [detector_aware_pgd(model, x, y, accept_all, eps=float(eps), norm=norm, method=PGDMethod.SELECTIVE,
                                       steps=budget.steps, restarts=budget.restarts, seed=seed) for eps in grid]
