@@ -255,7 +255,7 @@ def worst_case_curves(records, out: Path):
     if not results:
         return None
     plt = _plt()
-    norms = list(results[0][1]["budget"]["eps"])
+    norms = [nm for nm in (Norm.LINF, Norm.L2) if nm in results[0][1]["budget"]["eps"]]
     metrics = list(results[0][1]["detectors"])
     fig, axes = plt.subplots(len(norms), len(metrics), figsize=(3.4 * len(metrics), 3.0 * len(norms)), squeeze=False)
     for row, norm in zip(axes, norms):

@@ -25,7 +25,7 @@ from .. import __version__
 from ..files import atomic_write_bytes
 from ..errors import InputError
 from . import paper_values as paper
-from ..names import Attack, Dataset, Metric, Norm, Objective, TargetRule
+from ..names import Attack, Dataset, Formulation, Metric, Norm, Objective, TargetRule
 from . import schema
 from .checks import FAIL, sanity_checks, to_json
 from .figures import make_figures
@@ -727,12 +727,16 @@ class _Report:
         r0 = results[0][1]
         b = r0["budget"]
         cw = b.get("cw", {})
-        norms = list(b["eps"])
+        norms = [nm for nm in (Norm.LINF, Norm.L2) if nm in b["eps"]]
+        kinds = {Formulation.coerce(f) for f in b["formulations"]}
+        rules = [f.value for f in (Formulation.LOGIT, Formulation.SELECTIVE, Formulation.ORTHOGONAL) if f in kinds]
+        parts = ([f"detector-aware PGD ({', '.join(rules)} rule{'s' if len(rules) > 1 else ''})"] if rules else []) \
+            + ([f"PGD on f + λ·g (Carlini & Wagner 2017b's sum form, λ ∈ {{{', '.join(f'{v:g}' for v in b['lambdas'])}}})"]
+               if Formulation.SUM in kinds else []) \
+            + (["C&W-L2 with the detector's hinge (C&W-wb generalised to any score)"] if Formulation.CW_L2 in kinds else [])
         d.p(f"Classifier + detector attacked end to end (`rcedetect.evaluation.worst_case`), each detector at its "
-            f"{100 * r0['fpr']:g} % FPR threshold on held-out clean images, with every formulation: "
-            f"{', '.join(f'`{a}`' for a in r0['attacks'])} — detector-aware PGD (logit, selective, orthogonal rules), "
-            f"PGD on f + λ·g (Carlini & Wagner 2017b's sum form, λ ∈ {{{', '.join(f'{v:g}' for v in b['lambdas'])}}}) "
-            f"and C&W-L2 with the detector's hinge (C&W-wb generalised to any score). An input counts as robust at ε "
+            f"{100 * r0['fpr']:g} % FPR threshold on held-out clean images, with every formulation of this run's "
+            f"budget: {', '.join(f'`{a}`' for a in r0['attacks'])} — {'; '.join(parts)}. An input counts as robust at ε "
             f"only if **no** formulation finds a misclassified, accepted point in its ε-ball; a point found at a "
             f"smaller ε also lies in every larger ball. *Robust accuracy with rejection*: attacked images rejected "
             f"or still classified correctly (%). Budget of every number: n = {r0['n']} images, {b['steps']} PGD "
@@ -772,7 +776,8 @@ class _Report:
                     top = max(b["eps"][nm])
                     cells += [_f(m.get("median"), 3) if m.get("median") is not None else f"> {top:g}",
                               _f(m.get("broken_fraction"), 0, 100)]
-                cells.append(_f(md.get("cw_l2", {}).get("median"), 3))
+                cw_median = md.get("cw_l2", {}).get("median")
+                cells.append(_f(cw_median, 3) if cw_median is not None or "cw_l2" not in md else "> budget")
                 top_first = e["broken_by"][norms[0]][-1]
                 best = max(top_first, key=top_first.get) if any(top_first.values()) else "–"
                 rows.append([obj.display, Metric.coerce(metric).display] + cells + [f"`{best}`"])
@@ -785,8 +790,10 @@ class _Report:
             "attacked on its own) non-increasing; *steps* — the worst case no weaker than one rule at half the steps; "
             "*restarts* — robust accuracy non-increasing in the restarts; *transfer* — white-box at least as strong "
             "as the detector-oblivious transfer attack (PGD on the classifier alone, judged with the detector); "
-            "*large ε* — at L∞ ε = "
-            f"{b.get('large_eps')} the PGD rules break ≥ 95 % of the images. Tolerance: one image.")
+            + (f"*large ε* — at L∞ ε = {b['large_eps']:g}{' (the whole box)' if b['large_eps'] >= 1 else ''} the "
+               "attacks break ≥ 95 % of the images. " if b.get("large_eps") is not None else "*large ε* — not run. ")
+            + "Tolerance: one image; "
+            "*n/a*: not run at this budget (one restart: nothing to compare).")
         names = ["gradient"] + [f"{c}.{nm}" for c in ("eps", "steps", "restarts", "transfer") for nm in norms] + ["large_eps"]
         rows = []
         failures = []
