@@ -276,9 +276,9 @@ def sanity_checks(records: dict) -> tuple:
     for obj in OBJECTIVES:
         checks.append(_unbounded_attack(records, obj))
     checks.append(_cwwb_works(records))
+    for obj in OBJECTIVES:
+        checks.append(_worst_case(records, obj))
     checks.append(_finite(records))
     for obj in OBJECTIVES:
         checks.append(_counted_pairs(records, obj))
-    for obj in OBJECTIVES:
-        checks.append(_worst_case(records, obj))
     return tuple(checks)
