@@ -41,7 +41,16 @@ def good_records() -> dict:
             "success_full_bank_percent": 50.0, "ratio_f2_positive_percent": 30.0,
             "ratio_f2_positive_attack_bank_percent": 5.0, "mean_distortion": 20.0, "mean_distortion_official": 19.0,
             "kd_auc": 0.7, "kd_rejected_percent": 10.0}
+        results[schema.worst_case_cell(obj)] = {"detectors": {m: {"checks": {
+            "gradient": {"status": PASS, "detail": "0 of 20", "value": 0.0},
+            "restarts.linf": {"status": NA, "detail": "one restart", "value": None}}} for m in METRICS}}
     return {name: {"result": r} for name, r in results.items()}
+
+
+def test_a_failing_worst_case_check_fails_its_sanity_check():
+    records = good_records()
+    records[schema.worst_case_cell("rce")]["result"]["detectors"]["kd"]["checks"]["gradient"]["status"] = FAIL
+    assert _status(sanity_checks(records), "gradient-masking") == [PASS, FAIL]
 
 
 def _status(checks, fragment):

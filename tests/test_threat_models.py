@@ -309,6 +309,28 @@ def test_threat_models_cli_writes_all_sections(cli_checkpoints, tmp_path, capsys
     assert "needs --targets" in capsys.readouterr().err
 
 
+def test_threat_models_cli_worst_case(cli_checkpoints, tmp_path, capsys):
+    out = tmp_path / "worst.json"
+    code = main(["threat-models", str(cli_checkpoints["ce"]), str(cli_checkpoints["rce"]), "--tables", "worstcase",
+                 "--n", "4", "--eps", "0", "0.3", "--eps-l2", "0", "3", "--pgd-steps", "3", "--restarts", "2",
+                 "--metrics", "kd", "mahalanobis", "--formulations", "cw-l2", "logit", "sum", "--lambdas", "1",
+                 "--wc-cw-steps", "1", "--wc-cw-iters", "10", "--wc-cw-lr", "0.1", "--output", str(out),
+                 "--no-progress", *DETECTOR_OPTIONS])
+    assert code == 0
+    report = json.loads(out.read_text())
+    assert report["worst_case_budget"]["restarts"] == 2
+    for label in ("mnist-resnet8-ce", "mnist-resnet8-rce"):
+        result = report["worstcase"][label]
+        assert set(result["detectors"]) == {"kd", "mahalanobis"}
+        assert result["attacks"] == ["cw-l2", "logit", "sum(lam=1)"]
+        for entry in result["detectors"].values():
+            assert len(entry["robust_accuracy_with_rejection"]["l2"]) == 2 and "gradient" in entry["checks"]
+    assert "worstcase mnist-resnet8-rce (linf" in capsys.readouterr().out
+    assert main(["threat-models", str(cli_checkpoints["ce"]), "--tables", "worstcase", "--lambdas", "0",
+                 "--no-progress"]) == 2
+    assert "lambdas > 0" in capsys.readouterr().err
+
+
 def test_attack_cli_threat_model_attacks(cli_checkpoints, tmp_path, capsys):
     common = ["--n", "3", "--start", "6000", "--no-progress", *DETECTOR_OPTIONS]
     code = main(["attack", str(cli_checkpoints["rce"]), "--attack", "cw-wb-hc", "--substitute",

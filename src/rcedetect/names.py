@@ -12,7 +12,8 @@ presets) are keyed by these members, and argparse takes `choices=Enum.choices()`
                    lid, mahalanobis-lr          (supervised baselines: fitted on adversarial examples)
                    mahalanobis                  (unsupervised baseline: clean training data only)
     Attack         fgsm, bim, ilcm, jsma, cw, cw-hc, rand, cw-wb, cw-wb-hc, adaptive-pgd
-    PGDMethod      logit, selective, orthogonal (update rules of the detector-aware PGD)
+    PGDMethod      logit, selective, orthogonal, sum (update rules of the detector-aware PGD)
+    Formulation    logit, selective, orthogonal, sum, cw-l2 (attacks of the worst-case evaluation)
     Norm           linf, l2, l0                 (attack distances)
     Preset         quick, paper, toy            (reproduction / training budgets)
     TargetRule     least-likely, random         (the class a targeted attack aims at)
@@ -95,6 +96,22 @@ class PGDMethod(Name):
     LOGIT = "logit"
     SELECTIVE = "selective"
     ORTHOGONAL = "orthogonal"
+    SUM = "sum"                    # f + lambda * g, Carlini & Wagner 2017b's sum form (needs its lambda)
+
+
+# The three update rules with no hyperparameter: the defaults of `adaptive_curve` and `threat-models`.
+PGD_RULES = (PGDMethod.LOGIT, PGDMethod.SELECTIVE, PGDMethod.ORTHOGONAL)
+
+
+class Formulation(Name):
+    """The attacks of the worst-case evaluation (`evaluation.worst_case`): the PGD update rules, and
+    C&W-L2 with the detector's hinge inside its c-weighted term (C&W-wb generalised to any score)."""
+
+    LOGIT = "logit"
+    SELECTIVE = "selective"
+    ORTHOGONAL = "orthogonal"
+    SUM = "sum"
+    CW_L2 = "cw-l2"
 
 
 class Norm(Name):
@@ -130,8 +147,10 @@ _DISPLAY = {
     Attack.FGSM: "FGSM", Attack.BIM: "BIM", Attack.ILCM: "ILCM", Attack.JSMA: "JSMA", Attack.CW: "C&W",
     Attack.CW_HC: "C&W-hc", Attack.RAND: "RAND", Attack.CW_WB: "C&W-wb", Attack.CW_WB_HC: "C&W-wb-hc",
     Attack.ADAPTIVE_PGD: "detector-aware PGD",
+    Formulation.LOGIT: "PGD logit", Formulation.SELECTIVE: "PGD selective", Formulation.ORTHOGONAL: "PGD orthogonal",
+    Formulation.SUM: "PGD f + λg", Formulation.CW_L2: "C&W-L2 + detector",
     Norm.LINF: "L∞", Norm.L2: "L2", Norm.L0: "L0",
 }
 
-__all__ = ["Name", "Dataset", "Objective", "Metric", "Attack", "PGDMethod", "Norm", "Preset", "TargetRule", "PAPER_METRICS",
+__all__ = ["Name", "Dataset", "Objective", "Metric", "Attack", "PGDMethod", "PGD_RULES", "Formulation", "Norm", "Preset", "TargetRule", "PAPER_METRICS",
            "BASELINE_METRICS", "SUPERVISED_METRICS"]

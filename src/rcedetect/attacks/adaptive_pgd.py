@@ -6,7 +6,7 @@ otherwise. An adversarial example defeats it when it lies in the eps-ball around
 box, is misclassified (argmax != y) AND is accepted. "Robust accuracy with rejection" is the fraction
 of inputs for which no such example is found.
 
-Three update rules (`method`, default "logit"), all per example on the margin m(x) = max_{j!=y} Z_j - Z_y (> 0:
+Four update rules (`method`, default "logit"), all per example on the margin m(x) = max_{j!=y} Z_j - Z_y (> 0:
 misclassified) and the decision d(x) = score(x) - threshold (> 0: accepted):
   * "orthogonal" (Bryniarski et al., ICLR 2022, "Evading adversarial example detectors"): while the
     classifier is not fooled, step along grad m with its component along grad d projected out (so the
@@ -15,6 +15,9 @@ misclassified) and the decision d(x) = score(x) - threshold (> 0: accepted):
   * "selective" (also Bryniarski et al.): the same switch without the projections. Projection hurts
     when the two gradients are nearly (anti-)parallel, as for the confidence metric, where lowering
     the true class's logit also lowers the confidence.
+  * "sum" (Carlini & Wagner 2017b's first formulation, the sum of the two losses): maximise
+    min(m(x), 0) + lam * min(d(x) / s, 0), i.e. minimise f + lam * g with the hinges f = max(-m, 0),
+    g = max(-d / s, 0); the weight `lam` is a hyperparameter, so an evaluation sweeps a few values.
   * "logit" (Carlini & Wagner 2017b: the detector as an extra "adversarial" logit): maximise
     min(m(x), d(x) / s), whose gradient follows whichever condition is the bottleneck; s (the std of
     the detector's clean calibration scores, 1 if unknown) puts d on a logit-like scale. The default:
@@ -48,12 +51,33 @@ TINY = 1e-12
 class DetectorAwareResult(NamedTuple):
     """x_adv (N, C, H, W): a successful example (misclassified and accepted), else the clean x;
     success (N,) bool, checked on the returned images; score (N,) detector scores of x_adv;
-    prediction (N,) the classifier's classes for x_adv."""
+    prediction (N,) the classifier's classes for x_adv; restart (N,) long: the restart that found the
+    example (1-based; 0: the clean input itself; -1: none found)."""
 
     x_adv: torch.Tensor
     success: torch.Tensor
     score: torch.Tensor
     prediction: torch.Tensor
+    restart: torch.Tensor
+
+
+class AcceptAll:
+    """A detector that accepts everything: PGD against it attacks the undefended classifier (the
+    baseline of the adaptive evaluations, and the detector-oblivious transfer attack)."""
+
+    threshold_ = -1.0
+    calibration_scores_ = None
+
+    def score_samples(self, model_output):
+        return torch.zeros(model_output.logits.shape[0], device=model_output.logits.device)
+
+
+def decision_scale(detector) -> float:
+    """s: the std of the detector's clean calibration scores (1 when unknown or degenerate), which puts
+    the decision d = score - threshold on a logit-like scale in the attacks' objectives."""
+    calib = getattr(detector, "calibration_scores_", None)
+    scale = float(calib.double().std()) if calib is not None and calib.numel() > 1 else 1.0
+    return scale if math.isfinite(scale) and scale > 0 else 1.0
 
 
 def _flat_dot(a, b):
@@ -115,7 +139,7 @@ def _step(x_adv, g, alpha, norm):
 
 def detector_aware_pgd(model, x: torch.Tensor, y: torch.Tensor, detector, *, eps: float, steps: int = 100,
                        norm: str = Norm.LINF, restarts: int = 1, step_size=None, method: str = PGDMethod.LOGIT,
-                       seed: int = 0, progress: bool = False) -> DetectorAwareResult:
+                       lam: float = 1.0, seed: int = 0, progress: bool = False) -> DetectorAwareResult:
     """PGD against classifier + `detector` (see the module docstring) on `x` (N, C, H, W) in [0, 1].
 
     Args:
@@ -124,9 +148,9 @@ def detector_aware_pgd(model, x: torch.Tensor, y: torch.Tensor, detector, *, eps
         detector: a fitted `ThresholdDetector` (differentiable `score_samples`, `threshold_`).
         eps: radius of the L-inf or L2 ball (pixel units in [0, 1]); 0 only checks the clean inputs.
         steps: updates per restart (default 100); restarts: random starts (default 1);
-        step_size: default 2.5 * eps / steps; method: "logit" (default), "selective" or "orthogonal";
-        seed: of the random starts.
-    Returns `DetectorAwareResult(x_adv, success, score, prediction)`.
+        step_size: default 2.5 * eps / steps; method: "logit" (default), "selective", "orthogonal" or
+        "sum"; lam: the detector's weight in the "sum" rule (default 1); seed: of the random starts.
+    Returns `DetectorAwareResult(x_adv, success, score, prediction, restart)`.
     """
     check_images(x)
     norm, method = Norm.coerce(norm, "norm"), PGDMethod.coerce(method, "PGD method")
@@ -135,15 +159,14 @@ def detector_aware_pgd(model, x: torch.Tensor, y: torch.Tensor, detector, *, eps
     check_positive(eps, "eps", allow_zero=True)
     check_positive(steps, "steps")
     check_positive(restarts, "restarts")
+    check_positive(lam, "lam", allow_zero=True)
     if not hasattr(detector, "threshold_") or not hasattr(detector, "score_samples"):
         raise InputError("detector must be a fitted ThresholdDetector (score_samples and threshold_): "
                          "fit it with ThresholdDetector(metric).fit(..., calibration=clean_outputs)")
     alpha = 2.5 * eps / steps if step_size is None else step_size
     check_positive(alpha, "step_size", allow_zero=True)
     threshold = float(detector.threshold_)
-    calib = getattr(detector, "calibration_scores_", None)
-    scale = float(calib.double().std()) if calib is not None and calib.numel() > 1 else 1.0
-    scale = scale if math.isfinite(scale) and scale > 0 else 1.0
+    scale = decision_scale(detector)
     n = x.shape[0]
     x = x.detach()
 
@@ -158,12 +181,13 @@ def detector_aware_pgd(model, x: torch.Tensor, y: torch.Tensor, detector, *, eps
         with torch.no_grad():
             margin, decision = evaluate(x, y)
         found = (margin > 0) & (decision > 0)  # the clean input may already defeat the system
+        found_in = torch.where(found, 0, -1).long()
         generator = torch.Generator().manual_seed(int(seed))
         bar = None
         if progress:
             from tqdm.auto import tqdm
             bar = tqdm(total=restarts * steps, desc=f"adaptive pgd ({method})", leave=False)
-        for _ in range(restarts if eps > 0 else 0):
+        for restart in range(1, restarts + 1 if eps > 0 else 1):
             start = _random_start(x, eps, norm, generator)  # drawn for the whole batch: reproducible
             idx = (~found).nonzero().squeeze(1)
             if idx.numel() == 0:
@@ -177,12 +201,15 @@ def detector_aware_pgd(model, x: torch.Tensor, y: torch.Tensor, detector, *, eps
                     rows = idx[ok]
                     best[rows] = xa.detach()[ok]
                     found[rows] = True
+                    found_in[rows] = restart
                 if it == steps or bool(ok.all()):
                     break
                 if method in TWO_GRADIENTS:
                     grad_m = _grad(margin, xa, retain_graph=True)
                     grad_d = _grad(decision, xa)
                     g = TWO_GRADIENTS[method](margin.detach(), grad_m, grad_d)
+                elif method == PGDMethod.SUM:
+                    g = _grad(margin.clamp(max=0.0) + float(lam) * (decision / scale).clamp(max=0.0), xa)
                 else:
                     g = _grad(torch.minimum(margin, decision / scale), xa)
                 with torch.no_grad():
@@ -199,7 +226,7 @@ def detector_aware_pgd(model, x: torch.Tensor, y: torch.Tensor, detector, *, eps
             score = detector.score_samples(out)
             prediction = out.logits.argmax(dim=1)
             success = found & (prediction != y) & (score > threshold)
-    return DetectorAwareResult(best, success, score, prediction)
+    return DetectorAwareResult(best, success, score, prediction, torch.where(success, found_in.to(success.device), -1))
 
 
 

@@ -3,6 +3,7 @@
     rcedetect threat-models RUN_CE RUN_RCE --n 50 --max-iters 1000                   # Table 3 + Table 2 + adaptive
     rcedetect threat-models RUN_CE RUN_RCE --targets RUN56_CE RUN56_RCE --tables table4
     rcedetect threat-models RUN_CE --tables adaptive --eps 0 0.1 0.2 0.3 --metrics kd non-me
+    rcedetect threat-models RUN_CE RUN_RCE --tables worstcase --eps 0 0.1 0.2 --eps-l2 0 1 2 --restarts 5
 
 Every positional checkpoint is a model of Table 3 / Table 2 / the adaptive curve and a substitute of
 Table 4; `--targets` are Table 4's target models (ResNet-56 in the paper), each judged by its own
@@ -17,7 +18,7 @@ run keeps what it finished. Definitions: `rcedetect.evaluation.threat_models`.
 import json
 from pathlib import Path
 
-from ..names import PAPER_METRICS, Metric, Norm, PGDMethod
+from ..names import PAPER_METRICS, PGD_RULES, Formulation, Metric, Norm
 from ._common import add_data_dir_argument, add_device_argument, print_notes
 from ._threat_models import add_detector_arguments, detector_settings
 
@@ -59,11 +60,24 @@ def register(subparsers) -> None:
     pgd.add_argument("--eps", type=float, nargs="+", default=[0.0, 0.1, 0.2, 0.3],
                      help="radii in [0, 1] pixel units (default: 0 0.1 0.2 0.3)")
     pgd.add_argument("--norm", choices=(Norm.LINF.value, Norm.L2.value), default=Norm.LINF.value)
-    pgd.add_argument("--metrics", nargs="+", choices=[m.value for m in PAPER_METRICS], default=[m.value for m in PAPER_METRICS])
+    pgd.add_argument("--metrics", nargs="+", choices=[*PAPER_METRICS, Metric.MAHALANOBIS],
+                     default=[m.value for m in PAPER_METRICS],
+                     help="detectors of the adaptive curve and the worst case (mahalanobis: the unsupervised baseline)")
     pgd.add_argument("--pgd-steps", type=int, default=100)
     pgd.add_argument("--restarts", type=int, default=1)
-    pgd.add_argument("--methods", nargs="+", choices=PGDMethod.choices(), default=list(PGDMethod.choices()),
+    pgd.add_argument("--methods", nargs="+", choices=[m.value for m in PGD_RULES], default=[m.value for m in PGD_RULES],
                      help="update rules; an input counts as broken when any of them breaks it")
+    wc = parser.add_argument_group("worst-case evaluation (--tables worstcase; --eps is its L-inf grid, --pgd-steps "
+                                   "and --restarts its PGD budget)")
+    wc.add_argument("--eps-l2", nargs="+", type=float, default=[0.0, 1.0, 2.0, 3.0], help="L2 radii (default: 0 1 2 3)")
+    wc.add_argument("--formulations", nargs="+", choices=Formulation.choices(), default=list(Formulation.choices()),
+                    help="attacks; an input counts as broken when any of them breaks it (default: all)")
+    wc.add_argument("--lambdas", nargs="+", type=float, default=[0.1, 1.0, 10.0], help="weights of the sum form")
+    wc.add_argument("--wc-cw-steps", type=int, default=5, help="C&W-L2 binary-search steps (default 5)")
+    wc.add_argument("--wc-cw-iters", type=int, default=1000, help="C&W-L2 iterations per step (default 1000)")
+    wc.add_argument("--wc-cw-lr", type=float, default=0.01, help="C&W-L2 Adam learning rate (default 0.01)")
+    wc.add_argument("--cascade", action="store_true",
+                    help="attack each input only until one formulation breaks it (same worst case, less work)")
     add_detector_arguments(parser)
     parser.add_argument("--json", dest="json_stdout", action="store_true", help="also print the report as JSON")
     parser.add_argument("--no-progress", dest="progress", action="store_false")
@@ -77,6 +91,16 @@ def _cw_settings(args) -> dict:
             "initial_const": args.initial_const, "attack_bank_size": args.attack_bank_size, "l2_from": args.l2_from,
             "abort_early": args.abort_early, "phase1_binary_search_steps": args.phase1_binary_search_steps,
             "phase1_max_iters": args.phase1_max_iters}
+
+
+def _worst_case_budget(args):
+    from ..evaluation.worst_case import WorstCaseBudget
+
+    return WorstCaseBudget(eps={Norm.LINF.value: sorted(args.eps), Norm.L2.value: sorted(args.eps_l2)},
+                           formulations=tuple(args.formulations), lambdas=tuple(args.lambdas), steps=args.pgd_steps,
+                           restarts=args.restarts, cascade=args.cascade,
+                           cw={"binary_search_steps": args.wc_cw_steps, "max_iters": args.wc_cw_iters,
+                               "lr": args.wc_cw_lr, "initial_const": 1.0})
 
 
 def check_arguments(args) -> None:
@@ -103,6 +127,12 @@ def check_arguments(args) -> None:
     info = DATASETS[configs[0].dataset]
     for eps in args.eps:
         validate.budget(eps, args.norm, "--eps", dimension=info.in_channels * info.image_size ** 2, allow_zero=True)
+    if args.tables and "worstcase" in args.tables:
+        for eps in args.eps_l2:
+            validate.budget(eps, Norm.L2, "--eps-l2", dimension=info.in_channels * info.image_size ** 2, allow_zero=True)
+        for name in ("wc_cw_steps", "wc_cw_iters"):
+            validate.integer(getattr(args, name), "--" + name.replace("_", "-"), low=1)
+        _worst_case_budget(args)  # its own checks (grids, lambdas)
     n_test = split_size(info.name, "test")
     validate.integer(args.calibration_size, "--calibration-size", high=n_test - 1)
     start = args.calibration_size if args.start is None else args.start
@@ -121,6 +151,7 @@ def run(args) -> int:
         args.checkpoints, targets=args.targets, tables=args.tables, n=args.n, start=args.start, seed=args.seed,
         batch_size=args.batch_size, cw_settings=_cw_settings(args), eps_values=args.eps, norm=args.norm,
         metrics=args.metrics, pgd_steps=args.pgd_steps, restarts=args.restarts, methods=args.methods,
+        worst_case=_worst_case_budget(args) if args.tables and "worstcase" in args.tables else None,
         detector_settings=detector_settings(args), device=resolve_device(args.device))
     output = None if args.output is None else Path(args.output)
     report = None
@@ -150,6 +181,15 @@ def _print_update(update) -> None:
                 print(f"table4 {sub} -> {tgt}: fed {cell['n_fed']}, transfer "
                       f"{'n/a' if rate is None else f'{rate:.1f} %'}, AUC {'n/a' if auc is None else f'{auc:.3f}'} "
                       f"(n={cell['n_counted']})")
+    elif update.section == "worstcase":
+        result = update.value
+        for norm, grid in result["budget"]["eps"].items():
+            print(f"worstcase {update.label} ({norm}, eps {' '.join(f'{e:g}' for e in grid)}): robust accuracy "
+                  f"with rejection, worst case over {len(result['attacks'])} attacks")
+            for metric, entry in result["detectors"].items():
+                failed = [c for c, v in entry["checks"].items() if v["status"] == "FAIL"]
+                print(f"  {metric:<11}" + " ".join(f"{v:6.1%}" for v in entry["robust_accuracy_with_rejection"][norm])
+                      + (f"   checks FAIL: {', '.join(failed)}" if failed else ""))
     else:
         curve = update.value
         eps = " ".join(f"{e:g}" for e in curve["eps"])

@@ -26,12 +26,12 @@ from types import MappingProxyType
 import numpy as np
 import torch
 
-from ..attacks.adaptive_pgd import DetectorAwareResult, detector_aware_pgd
+from ..attacks.adaptive_pgd import AcceptAll, DetectorAwareResult, detector_aware_pgd
 from ..attacks.cw_wb import CWWBResult, cw_wb
 from ..attacks.result import num_classes_of, random_targets
 from ..errors import InputError, check_keywords
 from ..inference import batched_outputs
-from ..names import PAPER_METRICS, Attack, Metric, Norm, PGDMethod
+from ..names import PAPER_METRICS, PGD_RULES, Attack, Metric, Norm, PGDMethod
 from .detection import auc_score, counting_mask, robust_accuracy_with_rejection
 from .distortion import distortion
 
@@ -310,19 +310,9 @@ def transfer_table(substitutes: Mapping, targets: Mapping, x: torch.Tensor, y: t
 
 
 # ----------------------------------------------------------------------------------- adaptive attack
-class _AcceptAll:
-    """A detector that accepts everything: the undefended classifier as a baseline."""
-
-    threshold_ = -1.0
-    calibration_scores_ = None
-
-    def score_samples(self, model_output):
-        return torch.zeros(model_output.logits.shape[0], device=model_output.logits.device)
-
-
 def adaptive_curve(model, detectors: Mapping, x: torch.Tensor, y: torch.Tensor, *,
                    eps_values=(0.0, 0.1, 0.2, 0.3), norm: str = Norm.LINF, steps: int = 100, restarts: int = 1,
-                   methods=tuple(PGDMethod), step_size=None, seed: int = 0,
+                   methods=PGD_RULES, step_size=None, seed: int = 0,
                    include_undefended: bool = True) -> dict:
     """Robust accuracy with rejection vs eps under `detector_aware_pgd` (beyond the paper).
 
@@ -347,7 +337,7 @@ def adaptive_curve(model, detectors: Mapping, x: torch.Tensor, y: torch.Tensor, 
     curves = {}
     named = dict(detectors)
     if include_undefended:
-        named["undefended"] = _AcceptAll()
+        named["undefended"] = AcceptAll()
     for name, detector in named.items():
         use = (PGDMethod.SELECTIVE,) if name == "undefended" else tuple(methods)  # no detector: plain margin PGD
         curve = {"robust_accuracy_with_rejection": [], "by_method": {m: [] for m in use}}
@@ -526,13 +516,13 @@ def attack_checkpoint(checkpoint, attack, *, n: int, start: int = 0, seed: int =
 
 
 # ------------------------------------------------------- `rcedetect threat-models`: all sections
-THREAT_MODEL_TABLES = ("table3", "table2", "table4", "adaptive")
+THREAT_MODEL_TABLES = ("table3", "table2", "table4", "adaptive", "worstcase")
 
 
 @dataclass(frozen=True)
 class ReportUpdate:
-    """One step of `threat_model_report`: `section` ("table3", "table2", "table4", "adaptive", or
-    "note" for a remark), `label` (the model's label), `value` (the new entry, or the note's text),
+    """One step of `threat_model_report`: `section` ("table3", "table2", "table4", "adaptive",
+    "worstcase", or "note" for a remark), `label` (the model's label), `value` (the new entry, or the note's text),
     `seconds` and the whole `report` so far (JSON-able)."""
 
     section: str
@@ -554,8 +544,9 @@ def _label(loaded, used) -> str:
 def threat_model_report(checkpoints, *, targets=(), tables=None, n: int = 100, start=None, seed: int = 0,
                         batch_size: int = 100, cw_settings=None, eps_values=(0.0, 0.1, 0.2, 0.3),
                         norm=Norm.LINF, metrics=PAPER_METRICS, pgd_steps: int = 100, restarts: int = 1,
-                        methods=tuple(PGDMethod), detector_settings=None, device="cpu"):
-    """Table 3, appendix Table 2, Table 4 and the adaptive curve for checkpoint folders, step by step.
+                        methods=PGD_RULES, worst_case=None, detector_settings=None, device="cpu"):
+    """Table 3, appendix Table 2, Table 4, the adaptive curve and the worst-case evaluation for
+    checkpoint folders, step by step.
 
     checkpoints: models of Table 3 / Table 2 / the adaptive curve, and Table 4's substitutes; targets:
     Table 4's target models, each judged by its own K-density. tables: sections (default: table3
@@ -563,7 +554,9 @@ def threat_model_report(checkpoints, *, targets=(), tables=None, n: int = 100, s
     the thresholds: positions [start, start + n) of the seeded test permutation of
     `detector_settings` (`DetectorSession.heldout_index`; start defaults to its calibration_size).
     cw_settings: `cw_wb` keywords (default: the paper's budget); seed, batch_size: as `run_cw_wb`;
-    eps_values, norm, pgd_steps, restarts, methods, metrics: `adaptive_curve`'s.
+    eps_values, norm, pgd_steps, restarts, methods, metrics: `adaptive_curve`'s. worst_case: the
+    `WorstCaseBudget` of the "worstcase" section (`evaluation.worst_case`; default: its full budget),
+    which attacks every model with each of `metrics` end to end, per image the worst case.
 
     A generator of `ReportUpdate`s, one per finished entry (so a caller can save a long run as it
     goes) and one per note; the last update's `report` is complete.
@@ -660,6 +653,21 @@ def threat_model_report(checkpoints, *, targets=(), tables=None, n: int = 100, s
                                           precomputed=table3_examples, **cw_settings)
         yield from flush_notes()
         yield ReportUpdate("table4", "", report["table4"], time.perf_counter() - t0, report)
+    if "worstcase" in tables:
+        from .worst_case import WorstCaseBudget, worst_case_evaluation
+
+        budget = WorstCaseBudget() if worst_case is None else worst_case
+        report["worst_case_budget"] = budget.to_dict()
+        report["worstcase"] = {}
+        for label, loaded in models:
+            detectors = {m.value: detector_for(loaded, m) for m in metrics}
+            t0 = time.perf_counter()
+            result = worst_case_evaluation(loaded.model, detectors, x, y, budget=budget, seed=seed,
+                                           dataset=loaded.config.dataset)
+            result["objective"], result["depth"] = loaded.config.objective, loaded.config.depth
+            report["worstcase"][label] = result
+            yield from flush_notes()
+            yield ReportUpdate("worstcase", label, result, time.perf_counter() - t0, report)
     if "adaptive" in tables:
         report["adaptive"] = {}
         for label, loaded in models:

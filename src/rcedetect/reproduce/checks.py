@@ -4,7 +4,8 @@
 
 After Carlini et al. 2019, *On Evaluating Adversarial Robustness* (section 5: iterative attacks
 must beat single-step ones, accuracy must fall as the budget grows, unbounded attacks must reach
-~100 %) and AutoAttack's `checks.py` (no non-finite numbers, enough samples). Every check reads
+~100 %) and AutoAttack's `checks.py` (the worst-case cells carry their own gradient-masking checks,
+`evaluation.worst_case`, summarised here) (no non-finite numbers, enough samples). Every check reads
 only the cell records (`CellStore.records()`: cell name -> record with a "result"), is computed
 for each model where it applies, and comes back as data: a missing cell gives "n/a", a failing
 check stops nothing -- the report prints it at the top.
@@ -175,9 +176,10 @@ _REQUIRED = {
     schema.TABLE3: ("ratio_f2_positive_percent", "mean_distortion", "kd_auc"),
     schema.TABLE4: ("auc",),
 }
-_FINITE_KINDS = (schema.TABLE2, schema.TABLE3, schema.TABLE4, schema.FIG3, schema.ADAPTIVE)
+_FINITE_KINDS = (schema.TABLE2, schema.TABLE3, schema.TABLE4, schema.FIG3, schema.WORST_CASE)
 # Raw per-example blocks, images and configurations are not metrics.
-_SKIP = {schema.PER_EXAMPLE, schema.FIGURE4, schema.HIST, "settings", "thresholds", "kd_threshold"}
+_SKIP = {schema.PER_EXAMPLE, schema.FIGURE4, schema.HIST, "settings", "thresholds", "kd_threshold", "budget",
+         "tramer", "checks"}
 _AUC_KEYS = {schema.AUC, schema.AUC_OFFICIAL_TIES, "kd_auc"}
 
 
@@ -198,7 +200,7 @@ def _finite(records) -> Check:
     name = "all metrics finite, AUCs in [0, 1], numbers present where pairs were counted"
     cells = sorted(n for n in records if schema.kind(n) in _FINITE_KINDS)
     if not cells:
-        return Check(name, NA, "no Table 2-4, Figure 3 or adaptive cell", FINITE_MEANING)
+        return Check(name, NA, "no Table 2-4, Figure 3 or worst-case cell", FINITE_MEANING)
     bad, checked = [], 0
     for cell in cells:
         r = _result(records, cell) or {}
@@ -240,6 +242,28 @@ def _counted_pairs(records, obj) -> Check:
     return Check(name, _verdict(low), detail, COUNTED_MEANING)
 
 
+WORST_CASE_MEANING = ("A gradient-masking check of the worst-case evaluation failed (zero detector gradients, robust "
+                      "accuracy rising with eps, steps or restarts, a transfer attack beating the white-box one, or "
+                      "an attack failing at a radius covering the whole box): its robust accuracies overstate the "
+                      "detector's robustness until a stronger or different attack is run.")
+
+
+def _worst_case(records, obj) -> Check:
+    name = f"worst-case evaluation passes its gradient-masking checks ({obj.display})"
+    r = _result(records, schema.worst_case_cell(obj))
+    if r is None:
+        return Check(name, NA, "worst-case cell missing", WORST_CASE_MEANING)
+    bad, counted = [], 0
+    for metric, entry in r.get("detectors", {}).items():
+        for check, c in entry.get("checks", {}).items():
+            counted += c.get("status") != NA
+            if c.get("status") == FAIL:
+                bad.append(f"{metric} {check}: {c.get('detail')}")
+    detail = "; ".join(bad[:6]) + (f"; … ({len(bad)} in all)" if len(bad) > 6 else "") if bad else \
+        f"{counted} checks over {len(r.get('detectors', {}))} detectors"
+    return Check(name, _verdict(bad), detail, WORST_CASE_MEANING)
+
+
 def sanity_checks(records: dict) -> tuple:
     """Every sanity check of a run, in report order, from its cell records (name -> record)."""
     checks = []
@@ -252,6 +276,8 @@ def sanity_checks(records: dict) -> tuple:
     for obj in OBJECTIVES:
         checks.append(_unbounded_attack(records, obj))
     checks.append(_cwwb_works(records))
+    for obj in OBJECTIVES:
+        checks.append(_worst_case(records, obj))
     checks.append(_finite(records))
     for obj in OBJECTIVES:
         checks.append(_counted_pairs(records, obj))

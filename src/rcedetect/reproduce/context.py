@@ -18,7 +18,8 @@ import torch
 from ..checkpoints import SIDECAR_FILE, WEIGHTS_FILE, load_checkpoint
 from ..config import preset_config
 from ..data import DATASETS, load_dataset
-from ..detectors import ConfidenceMetric, KernelDensity, NonMEMetric, default_bandwidth_sq, threshold_at_fpr
+from ..detectors import (ConfidenceMetric, KernelDensity, MahalanobisMetric, NonMEMetric, default_bandwidth_sq,
+                         threshold_at_fpr)
 from ..errors import InputError
 from ..files import sha256_file
 from ..inference import batched_outputs
@@ -115,7 +116,7 @@ class RunContext:
     def max_eval_n(self) -> int:
         """The most attacked images any cell uses: the clean outputs are cached for this prefix."""
         p = self.preset
-        return max([*p.n_attack.values(), p.fig3_n, p.fig3_jsma_n, p.tsne_n, p.cw_fixed_n, p.cwwb_n, p.adaptive_n])
+        return max([*p.n_attack.values(), p.fig3_n, p.fig3_jsma_n, p.tsne_n, p.cw_fixed_n, p.cwwb_n, p.worst_case_n])
 
     # ------------------------------------------------------------------------------------ data
     @cached_property
@@ -221,6 +222,13 @@ class RunContext:
             kd.fit(bank["features"], bank["labels"], num_classes=self.num_classes)
             self._kds[key] = kd
         return self._kds[key]
+
+    def mahalanobis(self, which: int, objective) -> MahalanobisMetric:
+        """The unsupervised Mahalanobis baseline of a model, fitted on its K-density bank (clean training
+        images only)."""
+        bank = self.kd_bank(which, objective)
+        return MahalanobisMetric(n_per_class=self.preset.kd_per_class, seed=self.seed).fit(
+            bank["features"], bank["labels"], num_classes=self.num_classes)
 
     def metrics(self, which: int, objective) -> dict:
         """Metric -> score function of a ModelOutput (higher = more normal)."""

@@ -33,7 +33,8 @@ class CostModel:
     # Gradient-equivalents of one PGD step per update rule (the projected rules do more per step).
     pgd_method: MappingProxyType = field(default_factory=lambda: _frozen({PGDMethod.LOGIT: 1.0,
                                                                          PGDMethod.SELECTIVE: 1.6,
-                                                                         PGDMethod.ORTHOGONAL: 1.6}))
+                                                                         PGDMethod.ORTHOGONAL: 1.6,
+                                                                         PGDMethod.SUM: 1.0}))
 
     @staticmethod
     def depth_factor(depth: int) -> float:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..names import Metric, Objective
+from ..names import Metric, Norm, Objective
 from . import paper_values as paper
 from . import schema
 from .schema import FIG3_ATTACKS, OBJECTIVES, TABLE2_ATTACKS
@@ -248,27 +248,37 @@ def appendix_figure4_fixed_c(records, out: Path):
         decorate=decorate)
 
 
-def adaptive_curve(records, out: Path):
-    results = [_result(records, schema.adaptive_cell(o)) for o in OBJECTIVES]
-    if any(r is None for r in results):
+def worst_case_curves(records, out: Path):
+    """Worst-case robust accuracy with rejection vs eps: one row per norm, one column per detector."""
+    results = [(o, _result(records, schema.worst_case_cell(o))) for o in OBJECTIVES]
+    results = [(o, r) for o, r in results if r is not None]
+    if not results:
         return None
     plt = _plt()
-    metrics = list(results[0][schema.ROBUST_ACCURACY])
-    fig, axes = plt.subplots(1, len(metrics), figsize=(3.8 * len(metrics), 3.4), squeeze=False)
-    for ax, metric in zip(axes[0], metrics):
-        for obj, res in zip(OBJECTIVES, results):
-            ax.plot(res["eps"], np.asarray(res[schema.ROBUST_ACCURACY][metric]) * 100, "o-",
-                    color=COLORS[obj], label=f"ResNet-{_depth(records, obj)} ({obj.display})")
-            ax.plot(res["eps"], np.asarray(res["undefended_robust_accuracy"]) * 100, ":", color=COLORS[obj],
-                    label=f"{obj.display}, no detector")
-        ax.set_title(f"{Metric.coerce(metric).display} detector, FPR {100 * results[0]['fpr']:g} %")
-        ax.set_xlabel("eps (L-inf)")
-        ax.set_ylabel("robust accuracy with rejection (%)")
-        ax.set_ylim(-2, 102)
-        ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=8)
+    norms = [nm for nm in (Norm.LINF, Norm.L2) if nm in results[0][1]["budget"]["eps"]]
+    metrics = list(results[0][1]["detectors"])
+    fig, axes = plt.subplots(len(norms), len(metrics), figsize=(3.4 * len(metrics), 3.0 * len(norms)), squeeze=False)
+    for row, norm in zip(axes, norms):
+        for ax, metric in zip(row, metrics):
+            for obj, res in results:
+                eps = res["budget"]["eps"][norm]
+                entry = res["detectors"].get(metric)
+                if entry is None:
+                    continue
+                ax.plot(eps, np.asarray(entry[schema.ROBUST_ACCURACY][norm], dtype=float) * 100, "o-",
+                        color=COLORS[obj], label=f"ResNet-{res['depth']} ({obj.display})")
+                und = res.get("undefended_robust_accuracy", {}).get(norm)
+                if und is not None:
+                    ax.plot(eps, np.asarray(und, dtype=float) * 100, ":", color=COLORS[obj],
+                            label=f"{obj.display}, no detector")
+            ax.set_title(f"{Metric.coerce(metric).display}, FPR {100 * results[0][1]['fpr']:g} %", fontsize=9)
+            ax.set_xlabel(f"eps ({Norm.coerce(norm).display})")
+            ax.set_ylabel("robust acc. with rejection (%)")
+            ax.set_ylim(-2, 102)
+            ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7)
     fig.tight_layout()
-    return _save(fig, out / "adaptive_attack_curve.png")
+    return _save(fig, out / "worst_case_curves.png")
 
 
 FIGURES = {
@@ -278,7 +288,7 @@ FIGURES = {
     "appendix_figure1": appendix_figure1_rand,
     "appendix_figures2_3": appendix_figures2_3_histograms,
     "appendix_figure4": appendix_figure4_fixed_c,
-    "adaptive": adaptive_curve,
+    "adaptive": worst_case_curves,
 }
 
 

@@ -14,7 +14,7 @@ spelling f-strings. Names, in run order:
     table3.k<kappa>.<obj>               Table 3 (kappa 0), appendix Table 2 (kappa 5), Figure 4
     table4.<sub>-to-<target>            Table 4
     cwc.<obj>                           appendix Figure 4
-    adaptive.<obj>                      the detector-aware attack curve (beyond the paper)
+    worstcase.<obj>                     the worst-case adaptive evaluation of every detector (beyond the paper)
 """
 
 import numpy as np
@@ -29,8 +29,8 @@ TABLE2_ATTACKS = (Attack.FGSM, Attack.BIM, Attack.ILCM, Attack.JSMA, Attack.CW, 
 FIG3_ATTACKS = (Attack.FGSM, Attack.BIM, Attack.ILCM, Attack.JSMA)
 
 # Cell kinds: the first dot-separated part of a cell name (`--only` prefixes).
-TRAIN, DETECTOR, TABLE2, TSNE, RAND, FIG3, TABLE3, TABLE4, CWC, ADAPTIVE, BASELINE = (
-    "train", "detector", "table2", "tsne", "rand", "fig3", "table3", "table4", "cwc", "adaptive", "baselines")
+TRAIN, DETECTOR, TABLE2, TSNE, RAND, FIG3, TABLE3, TABLE4, CWC, WORST_CASE, BASELINE = (
+    "train", "detector", "table2", "tsne", "rand", "fig3", "table3", "table4", "cwc", "worstcase", "baselines")
 
 
 def model_tag(depth: int, objective) -> str:
@@ -78,8 +78,8 @@ def cwc_cell(objective) -> str:
     return f"{CWC}.{objective}"
 
 
-def adaptive_cell(objective) -> str:
-    return f"{ADAPTIVE}.{objective}"
+def worst_case_cell(objective) -> str:
+    return f"{WORST_CASE}.{objective}"
 
 
 def kind(cell_name: str) -> str:

@@ -11,10 +11,10 @@ from .base import Cell
 from .baselines import BaselinesCell
 from .models import DetectorCell, TrainCell
 from .oblivious import CwcCell, Fig3Cell, RandCell, Table2Cell, TsneCell, detection_result
-from .threat import AdaptiveCell, Table3Cell, Table4Cell
+from .threat import Table3Cell, Table4Cell, WorstCaseCell
 
-__all__ = ["Cell", "AdaptiveCell", "BaselinesCell", "CwcCell", "DetectorCell", "Fig3Cell", "RandCell", "Table2Cell", "Table3Cell",
-           "Table4Cell", "TrainCell", "TsneCell", "detection_result", "plan"]
+__all__ = ["Cell", "BaselinesCell", "CwcCell", "DetectorCell", "Fig3Cell", "RandCell", "Table2Cell", "Table3Cell",
+           "Table4Cell", "TrainCell", "TsneCell", "WorstCaseCell", "detection_result", "plan"]
 
 
 def _model_cells(preset, which: int) -> list:
@@ -36,5 +36,5 @@ def plan(preset) -> list:
         *_model_cells(preset, 1),
         *(Table4Cell(s, t) for s in OBJECTIVES for t in OBJECTIVES),
         *(CwcCell(o) for o in OBJECTIVES),
-        *(AdaptiveCell(o) for o in OBJECTIVES),
+        *(WorstCaseCell(o) for o in OBJECTIVES),
     ]

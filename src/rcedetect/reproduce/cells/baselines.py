@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ...detectors import MahalanobisMetric, threshold_at_fpr
+from ...detectors import threshold_at_fpr
 from ...detectors.supervised import FitProtocol, baseline_inputs, fit_supervised, fitting_examples, fitting_indices
 from ...evaluation import auc_score, counting_mask
 from ...inference import batched_outputs
@@ -66,8 +66,7 @@ class BaselinesCell(Cell):
                                 gaussian_labels=train.labels[gaussian_index], num_classes=ctx.num_classes,
                                 device=ctx.device)
         bank = ctx.kd_bank(0, obj)
-        fitted[Metric.MAHALANOBIS] = MahalanobisMetric(n_per_class=p.kd_per_class, seed=ctx.seed).fit(
-            bank["features"], bank["labels"], num_classes=ctx.num_classes)
+        fitted[Metric.MAHALANOBIS] = ctx.mahalanobis(0, obj)
         fit_seconds = time.perf_counter() - t0
         progress.fraction(0.4)
 
