@@ -128,3 +128,46 @@ def test_remove_stale_temps_deletes_only_the_temporary_files_of_killed_writers(t
     assert files.remove_stale_temps(tmp_path) == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cell.json", "notes.tmp"]
     assert files.remove_stale_temps(tmp_path / "missing") == 0
+
+
+_SAVE_IN_A_NEW_PROCESS = """
+import sys, torch
+from rcedetect.files import atomic_save_tensors
+torch.manual_seed(0)
+atomic_save_tensors(sys.argv[1], {f"w{i}": torch.randn(3, 4) for i in range(4)},
+                    {"config": "{}", "step": "4", "train_seconds": "1.5", "rcedetect_version": "x", "seed": "0"})
+"""
+
+
+def test_saved_tensor_files_are_byte_identical_across_processes(tmp_path):
+    """safetensors orders a file's metadata by a per-process hash (4 byte layouts in 6 processes were
+    seen), which made equal checkpoints of two processes differ in sha256; the rewritten header does not."""
+    import subprocess
+    import sys
+
+    paths = [tmp_path / f"{i}.safetensors" for i in range(4)]
+    for path in paths:
+        subprocess.run([sys.executable, "-c", _SAVE_IN_A_NEW_PROCESS, str(path)], check=True)
+    assert len({files.sha256_file(p) for p in paths}) == 1
+    tensors, metadata = read_tensors(paths[0])
+    torch.manual_seed(0)
+    assert all(torch.equal(tensors[f"w{i}"], torch.randn(3, 4)) for i in range(4))
+    assert metadata["step"] == "4"
+
+
+def test_canonical_safetensors_sorts_the_header_and_keeps_the_data():
+    body = torch.arange(6, dtype=torch.float32).numpy().tobytes()
+    header = {"__metadata__": {"b": "2", "a": "1"}, "t": {"dtype": "F32", "shape": [2, 3], "data_offsets": [0, 24]}}
+    shuffled = {"t": header["t"], "__metadata__": {"a": "1", "b": "2"}}
+
+    def raw(h):
+        text = json.dumps(h).encode()
+        return len(text).to_bytes(8, "little") + text + body
+
+    one, two = files.canonical_safetensors(raw(header)), files.canonical_safetensors(raw(shuffled))
+    assert one == two and one.endswith(body)
+    size = int.from_bytes(one[:8], "little")
+    assert size % 8 == 0 and json.loads(one[8:8 + size]) == header
+    from safetensors.torch import load
+
+    assert torch.equal(load(one)["t"], torch.arange(6, dtype=torch.float32).reshape(2, 3))

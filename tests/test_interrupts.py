@@ -115,7 +115,6 @@ def test_interrupted_detect_and_report_write_nothing(checkpoint, tmp_path, capsy
     assert _files(checkpoint) == before and not (tmp_path / "r.json").exists()
 
 
-@pytest.mark.slow  # bitwise resume is a known open defect on this CPU build (docs/reliability.md)
 def test_interrupted_training_resumes(tmp_path, capsys, monkeypatch, data_dir):
     """Ctrl-C at step 5 of 8 with a save every 2 steps: a complete, resumable state (step 4) and no model;
     --resume then finishes with the weights of an uninterrupted run."""

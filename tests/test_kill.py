@@ -224,6 +224,5 @@ def test_train_killed_at_five_random_steps_resumes_bit_identically(tmp_path):
     print(_kill_train(tmp_path, kills=5, steps=60))
 
 
-@pytest.mark.slow  # fails on the known bitwise-resume defect (docs/reliability.md) until it is fixed
 def test_train_killed_twice_resumes_bit_identically(tmp_path):
     _kill_train(tmp_path, kills=2, steps=24)

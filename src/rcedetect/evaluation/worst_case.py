@@ -322,7 +322,7 @@ def summarize_worst_case(tensors: dict, *, budget: WorstCaseBudget, thresholds: 
     tol = 1.0 / max(n, 1)
     labels = [label for label, _, _ in budget.attacks]
     result = {"n": n, "clean_accuracy": float(correct.mean()) if n else None, "fpr": fpr,
-              "budget": budget.to_dict(), "attacks": labels, "seconds": seconds, "detectors": {}}
+              "budget": budget.to_dict(), "attacks": labels, "attack_seconds": seconds, "detectors": {}}
     undefended = {norm: _curve(t[f"undefended.{norm}"]) for norm in budget.eps if f"undefended.{norm}" in t}
     if undefended:
         result["undefended_robust_accuracy"] = undefended

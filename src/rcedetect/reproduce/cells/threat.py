@@ -196,7 +196,7 @@ class WorstCaseCell(Cell):
         return result
 
     def spread_n(self, ctx):
-        return ctx.preset.adaptive_n
+        return ctx.preset.worst_case_n
 
     def cost(self, ctx, costs):
         p = ctx.preset
