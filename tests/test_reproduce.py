@@ -342,7 +342,6 @@ def test_toy_cells_equal_the_cells_computed_before_the_restructuring(legacy_toy_
     before["run"]["settings"] = {k: v for k, v in before["run"]["settings"].items() if k not in _REPLACED_SETTINGS}
     replaced = {n: c for n, c in before["cells"].items() if schema.kind(n) in _REPLACED_KINDS}
     before["cells"] = {n: c for n, c in before["cells"].items() if n not in replaced}
->>>>>>> adaptive
     for key in ("l2_from", "attack_eta_leave_one_out"):
         settings["cwwb_settings"].pop(key)
     for key in ("mode", "targets"):
