@@ -146,7 +146,7 @@ def _section(md: str, heading: str) -> str:
 
 def test_report_opens_with_the_sanity_checks_and_lists_the_protocol(tmp_path):
     run_dir = _demo_copy(tmp_path)
-    # The committed demo passes every check: one cell is made to fail, so that the report must explain it.
+    # One more check is made to fail (counted pairs), beside the demo's own failures: the report explains each.
     cell = run_dir / "cells" / f"{schema.table2_cell(Attack.CW_HC, Objective.RCE)}.json"
     record = json.loads(cell.read_text())
     record["result"]["n_counted"] = 10
@@ -164,7 +164,7 @@ def test_report_opens_with_the_sanity_checks_and_lists_the_protocol(tmp_path):
         assert (f"| **{FAIL}** |" in row) == (check.status == FAIL)
     # The failing check's meaning is spelled out.
     failed = [c for c in checks if c.status == FAIL]
-    assert [c.name for c in failed] == [f"counted pairs ≥ {MIN_COUNTED} in every Table 2 cell (RCE)"] and f"{len(failed)} of {len(checks)} checks FAIL" in section
+    assert f"counted pairs ≥ {MIN_COUNTED} in every Table 2 cell (RCE)" in [c.name for c in failed] and f"{len(failed)} of {len(checks)} checks FAIL" in section
     assert all(c.meaning in section for c in failed)
     assert json.loads(paths["checks"].read_text()) == [c.to_json() for c in checks]
     protocol = _section(md, "## Protocol")
