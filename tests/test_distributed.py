@@ -97,7 +97,7 @@ def _run(command, **kwargs):
 # Every cell of the ResNet-8s (the suite's shared tiny models): the default tests train nothing; the
 # slow kill test runs the whole toy preset (also the ResNet-14 trainings, one per rank, and Table 4).
 RESNET8_CELLS = ["train.resnet8", "detector.resnet8", "table2", "baselines", "tsne", "rand", "fig3", "table3",
-                 "cwc", "adaptive"]
+                 "cwc", "worstcase"]
 
 
 def _single_reference(tmp_path_factory, tiny_checkpoints, only):

@@ -28,7 +28,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SEED = int(os.environ.get("RCEDETECT_KILL_SEED", "0"))
-TIMING_KEYS = {"attack_seconds", "seconds_per_example", "train_seconds"}
+TIMING_KEYS = {"attack_seconds", "seconds_per_example", "train_seconds", "fit_seconds", "score_seconds"}
 
 
 def _env():
