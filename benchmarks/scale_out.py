@@ -9,7 +9,6 @@ wall time, and checks that the 2-rank cells equal the 1 x 1 cells (wall-clock ke
 """
 
 import argparse
-import json
 import os
 import shutil
 import subprocess
@@ -17,20 +16,9 @@ import sys
 import time
 from pathlib import Path
 
+from rcedetect.reproduce.schema import stored_results
+
 REPO = Path(__file__).resolve().parents[1]
-TIMING_KEYS = {"attack_seconds", "seconds_per_example", "train_seconds", "fit_seconds", "score_seconds"}
-
-
-def _strip(obj):
-    if isinstance(obj, dict):
-        return {k: _strip(v) for k, v in obj.items() if k not in TIMING_KEYS}
-    if isinstance(obj, list):
-        return [_strip(v) for v in obj]
-    return obj
-
-
-def _cells(run_dir: Path) -> dict:
-    return {p.stem: _strip(json.loads(p.read_text())["result"]) for p in sorted((run_dir / "cells").glob("*.json"))}
 
 
 def _load() -> str:
@@ -65,7 +53,7 @@ def main() -> None:
                        capture_output=True)
         walls[name] = time.perf_counter() - t0
         print(f"{name:30s} {walls[name]:7.1f} s   (load average before: {load})", flush=True)
-    same = _cells(root / "run2") == _cells(root / "run0")
+    same = stored_results(root / "run2") == stored_results(root / "run0")
     print(f"2-rank cells equal the 1 x 1 cells: {same}")
     base = walls["1 process x 1 thread"]
     for name, wall in walls.items():

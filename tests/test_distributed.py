@@ -23,9 +23,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from rcedetect.reproduce.schema import without_timing
+
 REPO = Path(__file__).resolve().parents[1]
-# Wall-clock measurements differ between two runs by nature; everything else must not.
-TIMING_KEYS = {"attack_seconds", "seconds_per_example", "train_seconds", "fit_seconds", "score_seconds"}
 # Largest |loss difference| allowed at any step between 2-rank DDP and single-process training of the
 # same global batches (see test_ddp_training_follows_the_single_process_loss_curve).
 LOSS_TOLERANCE = 0.05
@@ -45,20 +45,12 @@ def _torchrun(nproc, *args):
             "-m", "rcedetect", *args]
 
 
-def _strip(obj):
-    if isinstance(obj, dict):
-        return {k: _strip(v) for k, v in obj.items() if k not in TIMING_KEYS}
-    if isinstance(obj, list):
-        return [_strip(v) for v in obj]
-    return obj
-
-
 def _records(run_dir: Path) -> dict:
     return {p.stem: json.loads(p.read_text()) for p in sorted((run_dir / "cells").glob("*.json"))}
 
 
 def _cells(run_dir: Path) -> dict:
-    return {name: _strip(r["result"]) for name, r in _records(run_dir).items()}
+    return {name: without_timing(r["result"]) for name, r in _records(run_dir).items()}
 
 
 def _weights(run_dir: Path) -> dict:

@@ -26,9 +26,10 @@ from pathlib import Path
 
 import pytest
 
+from rcedetect.reproduce.schema import stored_results
+
 REPO = Path(__file__).resolve().parents[1]
 SEED = int(os.environ.get("RCEDETECT_KILL_SEED", "0"))
-TIMING_KEYS = {"attack_seconds", "seconds_per_example", "train_seconds", "fit_seconds", "score_seconds"}
 
 
 def _env():
@@ -46,16 +47,6 @@ def _log(**entry):
             f.write(json.dumps(entry) + "\n")
 
 
-def _strip(obj):
-    if isinstance(obj, dict):
-        return {k: _strip(v) for k, v in obj.items() if k not in TIMING_KEYS}
-    if isinstance(obj, list):
-        return [_strip(v) for v in obj]
-    return obj
-
-
-def _cells(run_dir: Path) -> dict:
-    return {p.stem: _strip(json.loads(p.read_text())["result"]) for p in sorted((run_dir / "cells").glob("*.json"))}
 
 
 def _weights(run_dir: Path) -> dict:
@@ -130,10 +121,10 @@ def _kill_reproduce(tmp_path, kills: int, only=None, report=True, trained=False)
             aimed = timeline[target][0] if target < len(timeline) else "report"
             landed.append((f"aimed at {aimed}, found {_phase(run)}", round(delay, 2)))
     subprocess.run(_reproduce(run, only, report), env=_env(), check=True, capture_output=True)
-    identical = _cells(run) == _cells(reference) and _weights(run) == _weights(reference)
+    identical = stored_results(run) == stored_results(reference) and _weights(run) == _weights(reference)
     for where, delay in landed:
         _log(kind="kill", command="reproduce", where=where, after_seconds=delay, resumed_identical=identical)
-    assert _cells(run) == _cells(reference)
+    assert stored_results(run) == stored_results(reference)
     assert _weights(run) == _weights(reference)
     assert not list(run.glob("cache/*.parts/*")) and not list(run.rglob("*.tmp"))
     if report:
@@ -144,12 +135,12 @@ def _kill_reproduce(tmp_path, kills: int, only=None, report=True, trained=False)
 
 
 @pytest.mark.slow
-def test_reproduce_killed_at_five_random_moments_resumes_to_the_same_cells(tmp_path):
+def test_reproduce_killed_at_five_random_moments_resumes_to_the_samestored_results(tmp_path):
     landed = _kill_reproduce(tmp_path, kills=5)
     print("\n".join(f"kill after {d} s: {w}" for w, d in landed))
 
 
-def test_reproduce_killed_twice_resumes_to_the_same_cells(tmp_path):
+def test_reproduce_killed_twice_resumes_to_the_samestored_results(tmp_path):
     # Cheap: the toy preset's ResNet-14 models trained by the reference, kills inside their detector cells.
     _kill_reproduce(tmp_path, kills=2, only=["train.resnet14", "detector.resnet14"], report=False, trained=True)
 

@@ -20,20 +20,7 @@ from rcedetect.reproduce import Reproduction, render_report, schema
 from rcedetect.reproduce.figures import FIGURES
 
 REGRESSION = Path(__file__).parent / "regression" / "mnist_quick.json"
-# Wall-clock measurements: differ between two runs by nature, everything else must not.
-TIMING_KEYS = {"attack_seconds", "seconds_per_example", "train_seconds", "fit_seconds", "score_seconds"}
-
-
-def _strip_timing(obj):
-    if isinstance(obj, dict):
-        return {k: _strip_timing(v) for k, v in obj.items() if k not in TIMING_KEYS}
-    if isinstance(obj, list):
-        return [_strip_timing(v) for v in obj]
-    return obj
-
-
-def _results(run_dir: Path) -> dict:
-    return {p.stem: _strip_timing(json.loads(p.read_text())["result"]) for p in sorted((run_dir / "cells").glob("*.json"))}
+_strip_timing, _results = schema.without_timing, schema.stored_results
 
 
 @pytest.fixture(scope="module")

@@ -101,3 +101,26 @@ SEEN = "seen"                  # the attack the supervised baselines were fitted
 def counted(per_example: dict) -> np.ndarray:
     """The paper's counting filter over a stored `per_example` block (clean right, adversarial wrong)."""
     return counting_mask(per_example[LABEL], per_example[CLEAN_PRED], per_example[ADV_PRED])
+
+
+# Result keys that hold wall-clock measurements: they differ between two runs of the same cell by
+# nature, every other number must not (resumed, distributed and repeated runs are compared without them).
+TIMING_KEYS = frozenset({"attack_seconds", "seconds_per_example", "train_seconds", "fit_seconds", "score_seconds"})
+
+
+def without_timing(obj):
+    """`obj` (a cell's JSON) with every `TIMING_KEYS` entry removed, at any depth."""
+    if isinstance(obj, dict):
+        return {k: without_timing(v) for k, v in obj.items() if k not in TIMING_KEYS}
+    if isinstance(obj, list):
+        return [without_timing(v) for v in obj]
+    return obj
+
+
+def stored_results(run_dir) -> dict:
+    """{cell name: result without timings} of every cell stored under RUN/cells/."""
+    import json
+    from pathlib import Path
+
+    return {p.stem: without_timing(json.loads(p.read_text())["result"])
+            for p in sorted((Path(run_dir) / "cells").glob("*.json"))}
