@@ -19,7 +19,7 @@ from rcedetect.names import Attack
 from rcedetect.reproduce import Reproduction, render_report, schema
 from rcedetect.reproduce.figures import FIGURES
 
-REGRESSION = Path(__file__).parent / "regression" / "mnist_quick.json"
+REGRESSIONS = sorted((Path(__file__).parent / "regression").glob("*_quick.json"))
 _strip_timing, _results = schema.without_timing, schema.stored_results
 
 
@@ -201,10 +201,13 @@ def test_cli_report_list_and_errors(toy_run, tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_quick_preset_regression(tmp_path, data_dir):
-    """Re-train the quick ResNet-32 (CE) and re-run the FGSM cell; compare with stored numbers."""
-    stored = json.loads(REGRESSION.read_text())
-    rep = Reproduction("mnist", "quick", tmp_path / "quick", device="cpu", data_dir=data_dir, progress=False)
+@pytest.mark.parametrize("stored_file", REGRESSIONS, ids=lambda p: p.stem)
+def test_quick_preset_regression(tmp_path, data_dir, stored_file):
+    """Re-train a quick ResNet-32 and re-run the stored cells (MNIST: CE + FGSM; CIFAR-10: RCE's test
+    error); compare with the stored numbers."""
+    stored = json.loads(stored_file.read_text())
+    rep = Reproduction(stored["dataset"], "quick", tmp_path / "quick", device="cpu", data_dir=data_dir,
+                       progress=False)
     results = rep.run(only=stored["cells"])
     for key, expected in stored["values"].items():
         cell, *path = key.split("/")

@@ -9,15 +9,16 @@ import numpy as np
 import pytest
 import torch
 
-from rcedetect.attacks.adaptive_pgd import detector_aware_pgd
+from rcedetect.attacks.adaptive_pgd import _random_start, detector_aware_pgd
 from rcedetect.attacks.cw_wb import cw_l2_detector
 from rcedetect.detectors import ConfidenceMetric, ThresholdDetector, collect_outputs
 from rcedetect.detectors.metrics import confidence_log_odds
 from rcedetect.errors import InputError
 from rcedetect.evaluation.published_robustness import PUBLISHED, published_at, tramer_check
-from rcedetect.evaluation.worst_case import (FAIL, PASS, WorstCaseBudget, summarize_worst_case, sum_label,
-                                             worst_case_evaluation, worst_case_examples)
-from rcedetect.names import Formulation
+from rcedetect.evaluation.worst_case import (FAIL, NATURAL_START, PASS, WorstCaseBudget, natural_starts,
+                                             summarize_worst_case, sum_label, worst_case_evaluation,
+                                             worst_case_examples)
+from rcedetect.names import Formulation, Norm
 
 TINY_CW = {"binary_search_steps": 1, "max_iters": 40, "lr": 0.1, "initial_const": 10.0}
 
@@ -68,7 +69,7 @@ def test_every_formulation_breaks_a_weak_detector(weak_run):
     summary = summarize_worst_case(t, budget=budget, thresholds={"confidence": -6.0})
     by = summary["detectors"]["confidence"]["by_attack"]
     labels = [label for label, _, _ in budget.attacks]
-    assert set(labels) == {"cw-l2", "logit", "selective", "orthogonal", sum_label(1.0)}
+    assert set(labels) == {"cw-l2", "logit", "selective", "orthogonal", sum_label(1.0), NATURAL_START}
     # Each attack alone breaks most inputs at the largest radius (robust accuracy with rejection <= 0.4;
     # the orthogonal rule is the weakest on confidence, whose two gradients are nearly parallel).
     for label in labels:
@@ -114,7 +115,7 @@ def test_the_evaluation_is_deterministic_under_a_seed(tiny_models, fpr_detector,
 def test_cascade_attacks_only_what_the_earlier_attacks_left(tiny_models, fpr_detector, batch):
     x, y = batch
     kw = {"eps": {"linf": (0.0, 0.1, 0.3)}, "formulations": ("cw-l2", "logit"), "restarts": 1, "large_eps": None,
-          "check_steps": False, "cascade": True}
+          "check_steps": False, "cascade": True, "natural_start": False}
     budget = _budget(**kw)
     t = worst_case_examples(tiny_models["ce"], {"c": fpr_detector}, x, y, budget=budget, seed=0)
     cw, logit = t["c.by.linf.cw-l2"].bool(), t["c.by.linf.logit"].bool()
@@ -140,7 +141,7 @@ def test_the_checks_fire_on_a_rounding_detector(tiny_models, calibration, batch)
 def _hand_made(n=10):
     """Per-example tensors of one detector `d` on a 3-radius L-inf grid, everything robust."""
     budget = WorstCaseBudget(eps={"linf": (0.0, 0.1, 0.2)}, formulations=("logit",), steps=4, restarts=3,
-                             large_eps=1.0)
+                             large_eps=1.0, natural_start=False)
     z = lambda *shape: torch.zeros(*shape, dtype=torch.long)  # noqa: E731
     t = {"correct": torch.ones(n, dtype=torch.long), "undefended.linf": z(n, 3), "d.accepted": torch.ones(n, dtype=torch.long),
          "d.grad_bad": z(n), "d.broken.linf": z(n, 3), "d.first.linf": z(n, 3) - 1, "d.by.linf.logit": z(n, 3),
@@ -208,7 +209,8 @@ def test_tramer_lookup_and_flag():
     assert tramer_check("mnist", "linf", 0.8, 0.97)["implausible"] is True  # beats 96.34 % at 0.3 <= 0.4
     assert all(p.source for p in PUBLISHED)
     # A hand-made worst-case result carries the check beside every radius.
-    budget = WorstCaseBudget(eps={"linf": (0.0, 16 / 255)}, formulations=("logit",), restarts=1, large_eps=None)
+    budget = WorstCaseBudget(eps={"linf": (0.0, 16 / 255)}, formulations=("logit",), restarts=1, large_eps=None,
+                             natural_start=False)
     t = {"correct": torch.ones(4, dtype=torch.long), "undefended.linf": torch.zeros(4, 2, dtype=torch.long),
          "d.accepted": torch.ones(4, dtype=torch.long), "d.grad_bad": torch.zeros(4, dtype=torch.long),
          "d.broken.linf": torch.zeros(4, 2, dtype=torch.long), "d.first.linf": torch.full((4, 2), -1),
@@ -237,3 +239,38 @@ def test_budget_refuses_bad_settings():
     with pytest.raises(InputError, match="lambdas"):
         WorstCaseBudget(lambdas=())
     assert [f for _, f, _ in WorstCaseBudget().attacks][0] == Formulation.CW_L2
+
+
+def test_random_starts_depend_on_the_input_id_not_its_batch(batch):
+    x, _ = batch
+    ids = torch.arange(100, 100 + x.shape[0])
+    for norm in ("linf", "l2"):
+        full = _random_start(x, 0.3, Norm(norm), 5, ids, 2)
+        part = _random_start(x[3:7], 0.3, Norm(norm), 5, ids[3:7], 2)
+        assert torch.equal(full[3:7], part)
+        assert not torch.equal(full, _random_start(x, 0.3, Norm(norm), 5, ids, 3))  # a new draw per restart
+        assert not torch.equal(full, _random_start(x, 0.3, Norm(norm), 6, ids, 2))  # and per seed
+    delta = (_random_start(x, 0.3, Norm.L2, 5, ids, 1) - x).flatten(1).norm(dim=1)
+    assert bool((delta <= 0.3 + 1e-6).all())
+
+
+def test_natural_starts_are_accepted_images_of_another_class(tiny_models, fpr_detector, batch):
+    x, y = batch
+    model = tiny_models["ce"]
+    starts = natural_starts(model, fpr_detector, x, y)
+    with torch.no_grad():
+        out = model.forward_features(starts)
+        pred, accepted = out.logits.argmax(1), fpr_detector.accept(out)
+    moved = (starts != x).flatten(1).any(1)
+    assert bool(moved.any())
+    # every moved start is a clean batch image, classified as its own (other) label and accepted
+    assert bool(((pred != y) & accepted)[moved].all())
+    flat = x.flatten(1)
+    for i in moved.nonzero().squeeze(1).tolist():
+        j = int((flat - starts[i].flatten()).abs().sum(1).argmin())
+        assert torch.equal(starts[i], x[j]) and int(y[j]) != int(y[i])
+    # at a radius covering the box, the natural-start attack alone breaks every input that had one
+    budget = _budget(eps={"linf": (0.0, 0.1)}, formulations=("logit",), restarts=1, steps=2, large_eps=1.0,
+                     cascade=False, check_steps=False)
+    t = worst_case_examples(model, {"c": fpr_detector}, x, y, budget=budget, seed=0)
+    assert bool(t["c.large"].bool()[moved].all())

@@ -16,6 +16,7 @@ presets) are keyed by these members, and argparse takes `choices=Enum.choices()`
     Formulation    logit, selective, orthogonal, sum, cw-l2 (attacks of the worst-case evaluation)
     Norm           linf, l2, l0                 (attack distances)
     Preset         quick, paper, toy            (reproduction / training budgets)
+    LRSchedule     piecewise, warmup-linear     (training learning-rate schedules)
     TargetRule     least-likely, random         (the class a targeted attack aims at)
 """
 
@@ -132,6 +133,13 @@ class Precision(Name):
 
     FLOAT32 = "float32"
     BFLOAT16 = "bfloat16"  # torch.autocast mixed precision: convolutions in bfloat16, loss in float32
+
+
+class LRSchedule(Name):
+    """Learning-rate schedule of a training run (`TrainConfig.learning_rate`)."""
+
+    PIECEWISE = "piecewise"  # the paper's: lr_values[k] between lr_boundaries[k-1] and lr_boundaries[k]
+    WARMUP_LINEAR = "warmup-linear"  # linear warm-up to lr_values[0] over warmup_steps, then linear decay to 0
 
 
 class TargetRule(Name):

@@ -44,6 +44,7 @@ from .names import Precision
 
 # Seeds of the per-epoch data order and per-step augmentation: distinct streams from one seed.
 _EPOCH_STREAM, _AUGMENT_STREAM = 1_000_003, 2_000_003
+_HOLDOUT_SEED = 3_000_017
 
 
 def _param_groups(model: torch.nn.Module, weight_decay: float):
@@ -52,6 +53,15 @@ def _param_groups(model: torch.nn.Module, weight_decay: float):
     decay = [p for p in model.parameters() if p.dim() > 1]
     no_decay = [p for p in model.parameters() if p.dim() <= 1]
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def holdout_split(n: int, holdout: int):
+    """(trained, held out) indices of n training examples: the last `holdout` of a permutation fixed
+    for every seed and config, so runs of one recipe tuned against each other hold out the same images."""
+    if holdout >= n:
+        raise InputError(f"--holdout {holdout} leaves no training images of {n}: pass a smaller --holdout")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(_HOLDOUT_SEED))
+    return order[:n - holdout], order[n - holdout:]
 
 
 def batch_indices(config: TrainConfig, step: int, n: int) -> torch.Tensor:
@@ -178,7 +188,7 @@ def _train(config: TrainConfig, out_dir: Path, *, device, resume: bool, progress
     state_path = out_dir / TRAIN_STATE_FILE
 
     train_set = load_dataset(config.dataset, "train", data_dir)
-    test_set = load_dataset(config.dataset, "test", data_dir)
+    test_set = load_dataset(config.dataset, "test", data_dir) if not config.holdout else None
     loss_fn = OBJECTIVES[config.objective]
 
     torch.manual_seed(config.seed)
@@ -199,6 +209,11 @@ def _train(config: TrainConfig, out_dir: Path, *, device, resume: bool, progress
     share = slice(world.rank * config.batch_size // world.size, (world.rank + 1) * config.batch_size // world.size)
 
     images, labels = train_set.images.to(device), train_set.labels.to(device)
+    trained = held_out = None
+    if config.holdout:
+        trained, held_out = holdout_split(len(train_set), config.holdout)
+        trained = trained.to(device)
+    n_train = len(train_set) - config.holdout
     mixed = config.precision == Precision.BFLOAT16  # autocast: weights, gradients and SGD stay float32
     net.train()
     bar = tqdm(total=config.steps, initial=start, desc=f"train {config.dataset} {config.objective.upper()}-"
@@ -207,7 +222,9 @@ def _train(config: TrainConfig, out_dir: Path, *, device, resume: bool, progress
     for step in range(start, config.steps):
         for group in optimizer.param_groups:
             group["lr"] = config.learning_rate(step)
-        index = batch_indices(config, step, len(train_set)).to(device)
+        index = batch_indices(config, step, n_train).to(device)
+        if trained is not None:
+            index = trained[index]
         x = images[index].float().div_(255.0)
         if config.augment:
             generator = torch.Generator().manual_seed(config.seed * _AUGMENT_STREAM + step)
@@ -239,9 +256,14 @@ def _train(config: TrainConfig, out_dir: Path, *, device, resume: bool, progress
 
     if world.is_main:
         model.eval()
-        test_accuracy = accuracy(model, test_set.images, test_set.labels, device=device)
-        metrics = {"test_accuracy": test_accuracy, "test_error": 1.0 - test_accuracy,
-                   "train_seconds": train_seconds, "device": str(device), "torch_version": torch.__version__}
+        if held_out is None:
+            test_accuracy = accuracy(model, test_set.images, test_set.labels, device=device)
+            metrics = {"test_accuracy": test_accuracy, "test_error": 1.0 - test_accuracy}
+        else:  # a tuning run: the test set stays unseen
+            holdout_accuracy = accuracy(model, train_set.images[held_out], train_set.labels[held_out], device=device)
+            metrics = {"holdout_accuracy": holdout_accuracy, "holdout_error": 1.0 - holdout_accuracy,
+                       "holdout": config.holdout}
+        metrics.update(train_seconds=train_seconds, device=str(device), torch_version=torch.__version__)
         if world.active:
             metrics.update(world_size=world.size, sync_bn=sync_bn)
         atomic_save_tensors(out_dir / TRAIN_LOSS_FILE, {"loss": losses.cpu()},

@@ -28,7 +28,10 @@ An evaluation should take the worst case over several rules and restarts
 Steps: L-inf: x <- Proj(x + alpha * sign(g)); L2: x <- Proj(x + alpha * g / ||g||_2); Proj is the
 eps-ball then the box (clipping to the box never leaves the ball). Defaults: 100 steps, alpha =
 2.5 * eps / steps, one random start per restart (uniform in the L-inf ball, uniform radius and
-direction for L2), seeded. The clean input itself is checked first. Per-example early stop: an
+direction for L2), seeded per input: row i's start of restart r is drawn from a generator seeded by
+(seed, row_ids[i], r), so an input gets the same starts whatever batch or chunk it is attacked in.
+`start` replaces the first restart's random start by given points (projected into the ball), e.g.
+the nearest accepted image of another class (`evaluation.worst_case`'s natural start). The clean input itself is checked first. Per-example early stop: an
 example leaves the batch as soon as one successful point is found, and later restarts only run the
 examples not yet broken. Works for any metric with a differentiable `score_samples` (confidence,
 non-ME, K-density); the detector's threshold is used as is.
@@ -110,14 +113,22 @@ def _direction_selective(margin, grad_m, grad_d):
 TWO_GRADIENTS = {PGDMethod.ORTHOGONAL: _direction_orthogonal, PGDMethod.SELECTIVE: _direction_selective}
 
 
-def _random_start(x, eps, norm, generator):
-    shape = x.shape
+_ROW_STREAM, _RESTART_STREAM = 1_000_003, 7_919
+
+
+def _row_noise(shape, eps, norm, generator):
+    """One input's start offset (shape = (C, H, W)): uniform in the L-inf ball, or uniform radius and
+    direction in the L2 ball."""
     if norm == Norm.LINF:
-        noise = (torch.rand(shape, generator=generator) * 2 - 1) * eps
-    else:
-        direction = torch.randn(shape, generator=generator)
-        direction = direction / _expand(direction.flatten(1).norm(dim=1).clamp_min(TINY), direction)
-        noise = direction * _expand(torch.rand(shape[0], generator=generator) * eps, direction)
+        return (torch.rand(shape, generator=generator) * 2 - 1) * eps
+    direction = torch.randn(shape, generator=generator)
+    return direction / direction.norm().clamp_min(TINY) * (torch.rand((), generator=generator) * eps)
+
+
+def _random_start(x, eps, norm, seed: int, row_ids, restart: int):
+    # One generator per input: its starts depend on (seed, its id, restart) only, not on its batch.
+    noise = torch.stack([_row_noise(x.shape[1:], eps, norm, torch.Generator().manual_seed(
+        int(seed) * _ROW_STREAM + int(i) * _RESTART_STREAM + restart)) for i in row_ids.tolist()])
     return (x + noise.to(device=x.device, dtype=x.dtype)).clamp(0.0, 1.0)
 
 
@@ -139,7 +150,8 @@ def _step(x_adv, g, alpha, norm):
 
 def detector_aware_pgd(model, x: torch.Tensor, y: torch.Tensor, detector, *, eps: float, steps: int = 100,
                        norm: str = Norm.LINF, restarts: int = 1, step_size=None, method: str = PGDMethod.LOGIT,
-                       lam: float = 1.0, seed: int = 0, progress: bool = False) -> DetectorAwareResult:
+                       lam: float = 1.0, seed: int = 0, row_ids=None, start=None,
+                       progress: bool = False) -> DetectorAwareResult:
     """PGD against classifier + `detector` (see the module docstring) on `x` (N, C, H, W) in [0, 1].
 
     Args:
@@ -149,7 +161,9 @@ def detector_aware_pgd(model, x: torch.Tensor, y: torch.Tensor, detector, *, eps
         eps: radius of the L-inf or L2 ball (pixel units in [0, 1]); 0 only checks the clean inputs.
         steps: updates per restart (default 100); restarts: random starts (default 1);
         step_size: default 2.5 * eps / steps; method: "logit" (default), "selective", "orthogonal" or
-        "sum"; lam: the detector's weight in the "sum" rule (default 1); seed: of the random starts.
+        "sum"; lam: the detector's weight in the "sum" rule (default 1); seed: of the random starts;
+        row_ids: (N,) ids of the inputs for their per-input starts (default 0..N-1); start: (N, C, H, W)
+        points the first restart starts from (projected into the ball) instead of a random one.
     Returns `DetectorAwareResult(x_adv, success, score, prediction, restart)`.
     """
     check_images(x)
@@ -169,6 +183,11 @@ def detector_aware_pgd(model, x: torch.Tensor, y: torch.Tensor, detector, *, eps
     scale = decision_scale(detector)
     n = x.shape[0]
     x = x.detach()
+    row_ids = torch.arange(n) if row_ids is None else torch.as_tensor(row_ids).cpu()
+    if row_ids.shape != (n,):
+        raise InputError(f"row_ids must hold one id per input ({n}), got shape {tuple(row_ids.shape)}")
+    if start is not None and (not torch.is_tensor(start) or start.shape != x.shape):
+        raise InputError(f"start must be images of x's shape {tuple(x.shape)}, got {getattr(start, 'shape', start)}")
 
     def evaluate(inp, labels):
         out = model.forward_features(inp)
@@ -182,17 +201,19 @@ def detector_aware_pgd(model, x: torch.Tensor, y: torch.Tensor, detector, *, eps
             margin, decision = evaluate(x, y)
         found = (margin > 0) & (decision > 0)  # the clean input may already defeat the system
         found_in = torch.where(found, 0, -1).long()
-        generator = torch.Generator().manual_seed(int(seed))
         bar = None
         if progress:
             from tqdm.auto import tqdm
             bar = tqdm(total=restarts * steps, desc=f"adaptive pgd ({method})", leave=False)
         for restart in range(1, restarts + 1 if eps > 0 else 1):
-            start = _random_start(x, eps, norm, generator)  # drawn for the whole batch: reproducible
             idx = (~found).nonzero().squeeze(1)
             if idx.numel() == 0:
                 break
-            xa, x0, lab = start[idx], x[idx], y[idx]
+            x0, lab = x[idx], y[idx]
+            if restart == 1 and start is not None:
+                xa = _project(start[idx].detach().to(x.dtype), x0, eps, norm)
+            else:
+                xa = _random_start(x0, eps, norm, seed, row_ids[idx.cpu()], restart)
             for it in range(steps + 1):  # `steps` updates; the last pass only checks the final point
                 xa.requires_grad_(True)
                 margin, decision = evaluate(xa, lab)

@@ -22,7 +22,9 @@ def print_row(checkpoint_dir) -> None:
 
     meta = json.loads((Path(checkpoint_dir) / SIDECAR_FILE).read_text())
     c, m = meta["config"], meta["metrics"]
-    print(f"ResNet-{c['depth']} + {c['objective'].upper()} on {c['dataset']}: test error {100 * m['test_error']:.2f} % "
+    split = "held-out error" if "holdout_error" in m else "test error"
+    error = m.get("holdout_error", m.get("test_error"))
+    print(f"ResNet-{c['depth']} + {c['objective'].upper()} on {c['dataset']}: {split} {100 * error:.2f} % "
           f"({c['steps']} steps, {m['train_seconds']:.0f} s on {m['device']})  -> {checkpoint_dir}")
 
 

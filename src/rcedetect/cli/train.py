@@ -18,6 +18,9 @@ def register(subparsers) -> None:
     parser.add_argument("--precision", choices=Precision.choices(), default=None,
                         help="training arithmetic: bfloat16 mixed precision (quick's default) or float32 (paper's)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--holdout", type=int, default=0,
+                        help="hold out this many training images (a fixed split) and report the error on them instead "
+                             "of the test error: for tuning a recipe without touching the test set")
     parser.add_argument("--checkpoint-every", type=int, default=None, help="steps between resumable saves")
     parser.add_argument("--out", required=True, help="checkpoint folder to create")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
@@ -43,7 +46,7 @@ def run(args) -> int:
     check_options(args)
     validate.output_folder(args.out, "--out")
     config = preset_config(args.dataset, args.objective, args.preset, args.depth, args.steps, args.seed,
-                           precision=args.precision)
+                           precision=args.precision, holdout=args.holdout)
     if args.checkpoint_every is not None:
         config = with_overrides(config, checkpoint_every=args.checkpoint_every)
     world = distributed.setup(args.device)

@@ -138,10 +138,8 @@ def run_adaptive_pgd(model, detector, x: torch.Tensor, y: torch.Tensor, *, eps: 
                      start: int = 0, batch_size=None, callback=None, **attack_settings) -> DetectorAwareResult:
     """`detector_aware_pgd` over `x` in batches of `batch_size` rows (all at once when None).
 
-    The batch starting at global index `start + begin` uses seed `seed + start + begin` for its random
-    starts. `detector_aware_pgd` draws the starts of a whole batch from one generator, so (unlike
-    `run_cw_wb`) the examples depend on the batch size when `restarts` > 0 and eps > 0.
-    `callback(done, batch_result)` follows each batch. Returns one `DetectorAwareResult`, on x's device.
+    Row i of `x` is input `start + i` of its run: its random starts are drawn from (seed, start + i),
+    so the examples do not depend on the batch size. `callback(done, batch_result)` follows each batch. Returns one `DetectorAwareResult`, on x's device.
     """
     _check_batch(x, y)
     _check_settings(detector_aware_pgd, attack_settings, "adaptive-pgd", reserved=("eps", "seed", "progress"))
@@ -149,7 +147,7 @@ def run_adaptive_pgd(model, detector, x: torch.Tensor, y: torch.Tensor, *, eps: 
     parts, done = [], 0
     for begin, stop in _batches(x.shape[0], batch_size):
         part = detector_aware_pgd(model, x[begin:stop].to(device), y[begin:stop].to(device), detector, eps=eps,
-                                  seed=seed + start + begin, **attack_settings)
+                                  seed=seed, row_ids=torch.arange(start + begin, start + stop), **attack_settings)
         parts.append(part)
         done += stop - begin
         if callback is not None:

@@ -10,6 +10,10 @@ only if *none* of them finds a point of the eps-ball that is misclassified and a
     sum                            PGD on f + lambda * g (Carlini & Wagner 2017b's sum form), per lambda
     cw-l2                          C&W-L2 with the detector's hinge in its c-weighted term
                                    (`attacks.cw_wb.cw_l2_detector`: C&W-wb generalised to any score)
+    natural-start                  the first PGD formulation, one run started from the nearest image
+                                   (L2) of the batch that is of another class, classified correctly and
+                                   accepted, projected into the ball (`natural_starts`); at a radius
+                                   covering the box that image is itself a point that breaks the input
 
 PGD runs in the L-inf and the L2 ball of every eps of the grid; C&W-L2 runs once, unbounded, and its
 smallest-L2 success breaks an input at every eps whose ball contains it (L2 and L-inf distance).
@@ -68,6 +72,7 @@ CHECK_MEANING = {
                  "class; an attack that fails there is too weak for any number below it to mean much",
 }
 _SLACK = 1e-9
+NATURAL_START = "natural-start"  # the label of the natural-start attack in `WorstCaseBudget.attacks`
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -79,7 +84,8 @@ class WorstCaseBudget:
     of every PGD run (step size 2.5 eps / steps); cw: `cw_l2_detector` settings; cascade: attack at
     each eps only the inputs earlier attacks (in `attack_labels` order, C&W-L2 first) left unbroken
     -- the same worst case for less work, but no per-attack curves; large_eps: the L-inf radius of the
-    large-eps check (None: skipped); check_steps: run the steps check (one rule at half steps).
+    large-eps check (None: skipped); check_steps: run the steps check (one rule at half steps);
+    natural_start: add the natural-start attack (module docstring).
     """
 
     eps: dict = field(default_factory=lambda: {Norm.LINF.value: (0.0, 0.1, 0.2, 0.3),
@@ -93,6 +99,7 @@ class WorstCaseBudget:
     cascade: bool = False
     large_eps: float = 1.0
     check_steps: bool = True
+    natural_start: bool = True
 
     def __post_init__(self):
         for norm, grid in self.eps.items():
@@ -132,6 +139,9 @@ class WorstCaseBudget:
                 out += [(sum_label(lam), f, float(lam)) for lam in self.lambdas]
             elif f != Formulation.CW_L2:
                 out.append((f.value, f, None))
+        pgd = [a for a in out if a[1] != Formulation.CW_L2]
+        if self.natural_start and pgd:
+            out.append((NATURAL_START, pgd[0][1], pgd[0][2]))
         return out
 
     @property
@@ -171,6 +181,20 @@ def _gradient_bad(model, detector, x) -> torch.Tensor:
     return (~torch.isfinite(g).all(1)) | (g.abs().amax(1) == 0)
 
 
+def natural_starts(model, detector, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """(N, C, H, W): per input, the nearest (L2) image of the batch with another label that the
+    classifier gets right and the detector accepts -- a point of the natural-image manifold where the
+    system answers another class; the input itself where the batch holds none."""
+    with torch.no_grad():
+        out = model.forward_features(x)
+        ok = (out.logits.argmax(1) == y) & (detector.score_samples(out) > float(detector.threshold_))
+        flat = x.flatten(1).double()
+        dist = torch.cdist(flat, flat)
+        dist[~(ok[None, :] & (y[None, :] != y[:, None]))] = float("inf")
+        nearest, j = dist.min(1)
+        return torch.where(torch.isfinite(nearest)[:, None, None, None], x[j], x)
+
+
 def _attack_rows(rows, run, n: int, device):
     """`run(rows)` (a `DetectorAwareResult` for those rows) scattered into (n,) success / restart tensors."""
     success = torch.zeros(n, dtype=torch.long, device=device)
@@ -183,8 +207,12 @@ def _attack_rows(rows, run, n: int, device):
 
 
 def worst_case_examples(model, detectors, x: torch.Tensor, y: torch.Tensor, *, budget: WorstCaseBudget,
-                        seed: int = 0) -> dict:
+                        seed: int = 0, row_ids=None) -> dict:
     """Attack classifier + each detector with every formulation of `budget`; per-example tensors.
+
+    row_ids: (N,) the inputs' ids in their run (default 0..N-1): an input's random starts depend on
+    (seed, its id) only, so a chunked run equals an unchunked one except for the natural starts, which
+    are chosen within the batch.
 
     detectors: {metric name: fitted ThresholdDetector} at their operating points. Returns {key: tensor
     with one row per input} (CPU): "correct" (clean prediction right), undefended.<norm> (N, E) PGD on
@@ -202,20 +230,25 @@ def worst_case_examples(model, detectors, x: torch.Tensor, y: torch.Tensor, *, b
         raise InputError(f"expected images (N, C, H, W) and labels (N,), got {getattr(x, 'shape', x)} and "
                          f"{getattr(y, 'shape', y)}")
     with eval_mode(model):
-        return _worst_case_examples(model, detectors, x, y.to(x.device), budget=budget, seed=seed)
+        row_ids = torch.arange(x.shape[0]) if row_ids is None else torch.as_tensor(row_ids).cpu()
+        return _worst_case_examples(model, detectors, x, y.to(x.device), budget=budget, seed=seed, row_ids=row_ids)
 
 
-def _worst_case_examples(model, detectors, x, y, *, budget, seed):
+def _worst_case_examples(model, detectors, x, y, *, budget, seed, row_ids):
     n, device = x.shape[0], x.device
     attacks = budget.attacks
     pgd = [(label, f, lam) for label, f, lam in attacks if f != Formulation.CW_L2]
     everyone = torch.arange(n, device=device)
+    starts = {}  # detector name -> natural starts
 
-    def pgd_rows(det, eps, norm, f, lam, **over):
+    def pgd_rows(det, eps, norm, f, lam, label=None, **over):
+        natural = label == NATURAL_START
         return lambda r: detector_aware_pgd(model, x[r], y[r], det, eps=float(eps), norm=norm,
                                             method=PGDMethod(f.value), lam=1.0 if lam is None else lam,
                                             steps=over.get("steps", budget.steps),
-                                            restarts=over.get("restarts", budget.restarts), seed=seed)
+                                            restarts=1 if natural else over.get("restarts", budget.restarts),
+                                            seed=seed, row_ids=row_ids[r.cpu()],
+                                            start=starts[id(det)][r] if natural else None)
 
     out = {}
     with torch.no_grad():
@@ -223,13 +256,16 @@ def _worst_case_examples(model, detectors, x, y, *, budget, seed):
     accept_all, undefended = AcceptAll(), {}
     for norm, grid in budget.eps.items():  # the baseline, and the transfer attack's examples
         results = [detector_aware_pgd(model, x, y, accept_all, eps=float(eps), norm=norm, method=PGDMethod.SELECTIVE,
-                                      steps=budget.steps, restarts=budget.restarts, seed=seed) for eps in grid]
+                                      steps=budget.steps, restarts=budget.restarts, seed=seed, row_ids=row_ids)
+                   for eps in grid]
         out[f"undefended.{norm}"] = torch.stack([r.success.long() for r in results], 1)
         undefended[norm] = [r.x_adv for r in results]
     for name, det in detectors.items():
         with torch.no_grad():
             out[f"{name}.accepted"] = (det.score_samples(model.forward_features(x)) > float(det.threshold_)).long()
         out[f"{name}.grad_bad"] = _gradient_bad(model, det, x).long()
+        if budget.natural_start:
+            starts[id(det)] = natural_starts(model, det, x, y)
         has_cw = any(f == Formulation.CW_L2 for _, f, _ in attacks)
         if has_cw:
             cw = cw_l2_detector(model, x, y, det, **budget.cw)
@@ -251,7 +287,7 @@ def _worst_case_examples(model, detectors, x, y, *, budget, seed):
                     so_far |= by[Formulation.CW_L2.value][:, j].bool()
                 for label, f, lam in pgd:
                     rows = (~so_far).nonzero().squeeze(1) if budget.cascade else everyone
-                    success, found_in = _attack_rows(rows, pgd_rows(det, eps, norm, f, lam), n, device)
+                    success, found_in = _attack_rows(rows, pgd_rows(det, eps, norm, f, lam, label), n, device)
                     by[label][:, j] = success
                     better = (success == 1) & ((restart[:, j] < 0) | (found_in < restart[:, j]))
                     restart[:, j] = torch.where(better, found_in, restart[:, j])
@@ -277,7 +313,7 @@ def _worst_case_examples(model, detectors, x, y, *, budget, seed):
                 large |= (out[f"{name}.cw_linf"] <= budget.large_eps + 1e-6).long()
             for label, f, lam in pgd:  # cascaded: each rule attacks what the earlier ones left
                 large |= _attack_rows((large == 0).nonzero().squeeze(1),
-                                      pgd_rows(det, budget.large_eps, Norm.LINF, f, lam), n, device)[0]
+                                      pgd_rows(det, budget.large_eps, Norm.LINF, f, lam, label), n, device)[0]
             out[f"{name}.large"] = large
     return {k: v.detach().cpu() for k, v in out.items()}
 

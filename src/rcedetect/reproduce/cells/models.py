@@ -41,7 +41,7 @@ class TrainCell(Cell):
 
     def cost(self, ctx, costs):
         config = ctx.train_config(self.which, self.objective)
-        return costs.training(ctx.dataset, self.depth, config.steps, config.batch_size) + 2
+        return costs.training(ctx.dataset, self.depth, config.steps, config.batch_size, config.precision) + 2
 
 
 @dataclass(frozen=True)

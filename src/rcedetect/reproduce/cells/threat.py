@@ -185,7 +185,7 @@ class WorstCaseCell(Cell):
 
         def chunk(start, stop):
             return worst_case_examples(model, detectors, ctx.on_device(x[start:stop]), y[start:stop].to(ctx.device),
-                                       budget=budget, seed=ctx.seed + start)
+                                       budget=budget, seed=ctx.seed, row_ids=torch.arange(start, stop))
 
         tensors, seconds = ctx.store.chunked(f"{ctx.tag(0, objective)}.worst-case", config, n, p.chunk, chunk,
                                              on_chunk=progress.chunk_callback("worst case", 0.0, 1.0))
