@@ -1,10 +1,11 @@
 """Training throughput of ResNet-32 (batch 128) against the machine's measured float32 matmul peak.
 
-    python benchmarks/train_throughput.py [--steps 20] [--compile] [--device auto]
+    python benchmarks/train_throughput.py [--steps 20] [--compile] [--bf16] [--device auto]
 
 Prints, per dataset and execution variant: images/s, the model's FLOPs per image for one
 training step (forward + backward, counted by torch.utils.flop_counter), achieved GFLOP/s and
-the fraction of the matmul peak measured in the same process.
+the fraction of the matmul peak measured in the same process (float32; with --bf16 the bf16 autocast
+rows, the quick presets' training arithmetic, are also compared with a bfloat16 matmul).
 """
 
 import argparse
@@ -20,8 +21,8 @@ from rcedetect.models import resnet
 SHAPES = {"mnist": (1, 28), "cifar10": (3, 32)}
 
 
-def matmul_gflops(device, n=2048, repeats=20) -> float:
-    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+def matmul_gflops(device, n=2048, repeats=20, dtype=torch.float32) -> float:
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
     for _ in range(3):
         a @ b
     _sync(device)
@@ -81,7 +82,11 @@ def main():
     torch.manual_seed(0)
     peak = matmul_gflops(device)
     print(f"device {device}, torch {torch.__version__}, threads {torch.get_num_threads()}")
-    print(f"float32 matmul (2048^3): {peak:.0f} GFLOP/s\n")
+    print(f"float32 matmul (2048^3): {peak:.0f} GFLOP/s")
+    peak_bf16 = matmul_gflops(device, dtype=torch.bfloat16) if args.bf16 else None
+    if peak_bf16 is not None:
+        print(f"bfloat16 matmul (2048^3): {peak_bf16:.0f} GFLOP/s (the bf16 rows' 'of peak' is against this one)")
+    print()
     variants = [("NCHW eager", False, False, False), ("channels_last eager", True, False, False)]
     if args.compile:
         variants.append(("channels_last + compile", True, True, False))
@@ -96,7 +101,8 @@ def main():
             model = resnet(args.depth, channels).to(device).train()
             rate = images_per_second(model, x, y, args.steps, channels_last, compiled, autocast)
             achieved = rate * flops_per_image / 1e9
-            print(f"{dataset:8} {name:32} {rate:8.0f} {flops_per_image / 1e9:10.3f} {achieved:8.0f} {achieved / peak:8.1%}")
+            ref = peak_bf16 if autocast else peak
+            print(f"{dataset:8} {name:32} {rate:8.0f} {flops_per_image / 1e9:10.3f} {achieved:8.0f} {achieved / ref:8.1%}")
 
 
 if __name__ == "__main__":

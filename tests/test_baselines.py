@@ -394,3 +394,77 @@ def test_baseline_inputs_equal_the_layer_taps_path():
     torch.testing.assert_close(inputs[Metric.LID], lid.characteristics(flat))
     torch.testing.assert_close(inputs[Metric.MAHALANOBIS_LR], mlr.layer_scores(mean))
     torch.testing.assert_close(inputs[Metric.MAHALANOBIS], model.forward_features(x).features)
+
+
+def _fitted_baselines(model, n=70, seed=4):
+    x = torch.rand(n, 1, 28, 28, generator=torch.Generator().manual_seed(seed))
+    y = torch.arange(n) % 10
+    layers = default_layers(model)
+    flat = collect_layer_features(model, x, layers, reduce="flatten")
+    mean = collect_layer_features(model, x, layers, reduce="mean")
+    far = (x + 0.4 * torch.rand(x.shape, generator=torch.Generator().manual_seed(seed + 1))).clamp(0, 1)
+    lid = LIDDetector(k=5, batch_size=35).fit(flat, None, collect_layer_features(model, far, layers, reduce="flatten"))
+    mlr = MahalanobisDetector().fit_gaussians(mean, y, num_classes=10)
+    mlr.fit_regression(mlr.layer_scores(mean), None,
+                       mlr.layer_scores(collect_layer_features(model, far, layers, reduce="mean")))
+    return lid, mlr
+
+
+def test_tapped_scores_equal_the_baselines_and_have_gradients():
+    """TappedScore (what the worst-case evaluation attacks) scores exactly what `baseline_inputs` + the
+    fitted detector score, differentiably: its gradient matches a finite difference of that score."""
+    from rcedetect.detectors.attackable import TappedScore
+    from rcedetect.detectors.supervised import baseline_inputs
+
+    model = resnet(depth=8, in_channels=1, num_classes=10).eval()
+    lid, mlr = _fitted_baselines(model)
+    x = torch.rand(6, 1, 28, 28, generator=torch.Generator().manual_seed(9))
+    inputs, _ = baseline_inputs(model, {"lid": lid, "mahalanobis-lr": mlr}, x)
+    for name, fitted in (("lid", lid), ("mahalanobis-lr", mlr)):
+        reference = fitted.score_samples(inputs[name]).float()
+        with TappedScore(model, fitted) as metric:
+            xa = x.clone().requires_grad_(True)
+            score = metric.score(model.forward_features(xa))
+            torch.testing.assert_close(score, reference, rtol=1e-4, atol=1e-4)
+            (grad,) = torch.autograd.grad(score.sum(), xa)
+            assert bool(torch.isfinite(grad).all()) and bool((grad.flatten(1).abs().amax(1) > 0).all()), name
+            # directional derivative against a central difference of the score itself (float64 model)
+            direction = torch.randn(x.shape, generator=torch.Generator().manual_seed(2))
+            model64 = model.double()
+            h = 1e-6
+            with torch.no_grad():
+                plus = metric.score(model64.forward_features(x.double() + h * direction.double())).double()
+                minus = metric.score(model64.forward_features(x.double() - h * direction.double())).double()
+            xd = x.double().requires_grad_(True)
+            (g64,) = torch.autograd.grad(metric.score(model64.forward_features(xd)).double().sum(), xd)
+            model.float()
+            fd = (plus - minus) / (2 * h)
+            analytic = (g64 * direction.double()).flatten(1).sum(1)
+            # The ResNet is piecewise linear (leaky ReLU): a difference that crosses a kink is off, so most
+            # (not all) of the six inputs must agree to 1e-5 (measured: 4-5 of 6 to 1e-8, the others 0.2-4 %).
+            agree = (analytic - fd).abs() <= 1e-5 * fd.abs() + 1e-9
+            assert int(agree.sum()) >= 4, (name, analytic.tolist(), fd.tolist())
+        # detached again, and the precomputed inputs still score
+        assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
+        torch.testing.assert_close(TappedScore(model, fitted).score(inputs[name]), reference)
+
+
+def test_tapped_scores_refuse_what_they_cannot_attack():
+    from rcedetect.detectors.attackable import TappedScore
+    from rcedetect.models import ModelOutput
+
+    model = resnet(depth=8, in_channels=1, num_classes=10).eval()
+    lid, mlr = _fitted_baselines(model)
+    with pytest.raises(InputError, match="magnitude"):
+        TappedScore(model, MahalanobisDetector(magnitude=0.01))
+    with pytest.raises(InputError, match="LIDDetector or MahalanobisDetector"):
+        TappedScore(model, MahalanobisMetric())
+    with pytest.raises(InputError, match="not fitted"):
+        TappedScore(model, LIDDetector())
+    x = torch.rand(4, 1, 28, 28)
+    with pytest.raises(InputError, match="not attached"):
+        TappedScore(model, lid).score(model.forward_features(x))
+    with TappedScore(model, lid) as metric:
+        out = model.forward_features(x)
+        with pytest.raises(InputError, match="not those of this model output"):
+            metric.score(ModelOutput(out.logits[:2], out.features[:2]))

@@ -274,3 +274,36 @@ def test_natural_starts_are_accepted_images_of_another_class(tiny_models, fpr_de
                      cascade=False, check_steps=False)
     t = worst_case_examples(model, {"c": fpr_detector}, x, y, budget=budget, seed=0)
     assert bool(t["c.large"].bool()[moved].all())
+
+
+def test_supervised_baselines_are_attacked_through_their_layers(tiny_models, mnist_test, batch):
+    """LID and Mahalanobis-LR enter the worst case as TappedScores: finite, non-zero detector gradients,
+    attacks that break inputs, and no hooks left on the model afterwards."""
+    from rcedetect.detectors.attackable import TappedScore
+    from rcedetect.detectors.lid import LIDDetector
+    from rcedetect.detectors.mahalanobis import MahalanobisDetector
+    from rcedetect.detectors.supervised import baseline_inputs
+    from rcedetect.detectors.taps import collect_layer_features, default_layers
+
+    model = tiny_models["ce"]
+    x, y = batch
+    clean, labels = mnist_test.float_images(slice(0, 120)), mnist_test.labels[:120].clone()
+    far = (clean + 0.3 * torch.randn(clean.shape, generator=torch.Generator().manual_seed(0))).clamp(0, 1)
+    layers = default_layers(model)
+    flat = [collect_layer_features(model, v, layers, reduce="flatten") for v in (clean, far)]
+    mean = [collect_layer_features(model, v, layers, reduce="mean") for v in (clean, far)]
+    lid = LIDDetector(k=10, batch_size=60).fit(flat[0], None, flat[1])
+    mlr = MahalanobisDetector().fit_gaussians(mean[0], labels, num_classes=10)
+    mlr.fit_regression(mlr.layer_scores(mean[0]), None, mlr.layer_scores(mean[1]))
+    cal_images = mnist_test.float_images(slice(200, 400))
+    detectors = {}
+    for name, fitted in (("lid", lid), ("mahalanobis-lr", mlr)):
+        cal, _ = baseline_inputs(model, {name: fitted}, cal_images)
+        detectors[name] = ThresholdDetector(TappedScore(model, fitted), fpr=0.05).calibrate(cal[name])
+    budget = _budget(eps={"linf": (0.0, 0.3)}, formulations=("logit", "sum"), restarts=1, steps=10, large_eps=None,
+                     check_steps=False)
+    t = worst_case_examples(model, detectors, x, y, budget=budget, seed=0)
+    for name in detectors:
+        assert int(t[f"{name}.grad_bad"].sum()) == 0, name
+        assert int(t[f"{name}.broken.linf"][:, -1].sum()) >= x.shape[0] // 2, name  # the attacks work at 0.3
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())

@@ -47,16 +47,20 @@ DEFAULT_BATCH_SIZE = 100
 
 
 # -------------------------------------------------------------------------------- estimator
-def lid_mle(queries, reference, *, k: int = DEFAULT_K, drop_nearest: bool = False) -> torch.Tensor:
+def lid_mle(queries, reference, *, k: int = DEFAULT_K, drop_nearest: bool = False,
+            differentiable: bool = False) -> torch.Tensor:
     """Maximum-likelihood LID of each query against `reference`, float64 (N,).
 
     `queries` (N, D) and `reference` (M, D) (more dimensions are flattened). `drop_nearest` skips each
     query's nearest reference point (the point itself when `queries` is `reference`). `k` shrinks to the
     points available (M, or M - 1 when dropping); fewer than 2 is an InputError. Distances are exact
     (no ||a||² + ||b||² - 2ab expansion) and in float64. Coincident neighbours give LID 0 (a zero r_i)
-    or NaN (r_k = 0), as the formula does.
+    or NaN (r_k = 0), as the formula does. `differentiable`: keep the queries' autograd graph (the
+    k nearest are still chosen by value; the gradient flows through their distances), for white-box
+    attacks on LID (`detectors.attackable`).
     """
-    q = torch.as_tensor(queries).detach().double()
+    q = torch.as_tensor(queries)
+    q = (q if differentiable else q.detach()).double()
     r = torch.as_tensor(reference).detach().double().to(q.device)
     q, r = q.reshape(q.shape[0], -1), r.reshape(r.shape[0], -1)
     if q.shape[1] != r.shape[1]:

@@ -84,10 +84,12 @@ class LayerTaps:
     `taps(x)` returns `TappedOutput(model(x), {name: activation})`. Inside `with taps:` the hooks stay
     attached (and `taps.features` holds the last forward pass's captures, also when the caller runs
     `model(x)` itself); outside, each call attaches and removes them. A layer whose module does not run
-    in the forward pass, or runs twice (a reused module: ambiguous), raises InputError.
+    in the forward pass, or runs twice (a reused module: ambiguous), raises InputError. A new pass
+    starts (the captures are cleared) when the module `clear_on` runs: the root model by default; a
+    method that bypasses `forward` (our ResNets' `forward_features`) needs its first module, "stem".
     """
 
-    def __init__(self, model: nn.Module, layers, *, reduce: str = "mean"):
+    def __init__(self, model: nn.Module, layers, *, reduce: str = "mean", clear_on: str = ""):
         if not isinstance(model, nn.Module):
             raise InputError(f"LayerTaps needs an nn.Module, got {type(model).__name__}")
         if isinstance(layers, str):
@@ -100,6 +102,9 @@ class LayerTaps:
         if reduce not in REDUCTIONS:
             raise InputError(f"unknown reduce {reduce!r}: choose one of {', '.join(REDUCTIONS)}")
         modules = dict(model.named_modules())
+        if clear_on not in modules:
+            raise InputError(f"clear_on {clear_on!r} is not a module of the model: pass a module path such as 'stem'")
+        self._clear_on = modules[clear_on]
         self._targets = [(name, *_parse_layer(name, modules)) for name in layers]
         self._modules = modules
         self.model = model
@@ -119,8 +124,8 @@ class LayerTaps:
         self.features[name] = REDUCTIONS[self.reduce](value)
 
     def _attach(self):
-        # Registered first, so it runs before a ":input" tap of the root model itself.
-        self._handles.append(self.model.register_forward_pre_hook(lambda module, args: self.features.clear()))
+        # Registered first, so it runs before a ":input" tap of that module itself.
+        self._handles.append(self._clear_on.register_forward_pre_hook(lambda module, args: self.features.clear()))
         for name, path, on_input in self._targets:
             module = self._modules[path]
             if on_input:

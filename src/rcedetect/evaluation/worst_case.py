@@ -15,7 +15,9 @@ only if *none* of them finds a point of the eps-ball that is misclassified and a
                                    accepted, projected into the ball (`natural_starts`); at a radius
                                    covering the box that image is itself a point that breaks the input
 
-PGD runs in the L-inf and the L2 ball of every eps of the grid; C&W-L2 runs once, unbounded, and its
+Any detector with a differentiable `score_samples(model_output)` can be attacked; the supervised
+baselines (LID, Mahalanobis-LR) score tapped layers and enter as `detectors.attackable.TappedScore`
+metrics, whose hooks stay attached for the whole evaluation. PGD runs in the L-inf and the L2 ball of every eps of the grid; C&W-L2 runs once, unbounded, and its
 smallest-L2 success breaks an input at every eps whose ball contains it (L2 and L-inf distance).
 
     worst_case_examples(model, detectors, x, y, budget=WorstCaseBudget(...))  -> per-example tensors
@@ -43,6 +45,7 @@ All tolerances are one input (1/n). Deterministic under `seed`.
 """
 
 import time
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -50,6 +53,7 @@ import torch
 
 from ..attacks.adaptive_pgd import NORMS, AcceptAll, detector_aware_pgd
 from ..attacks.cw_wb import cw_l2_detector
+from ..detectors.attackable import TappedScore
 from ..errors import InputError
 from ..inference import eval_mode
 from ..names import Formulation, Norm, PGDMethod
@@ -229,7 +233,11 @@ def worst_case_examples(model, detectors, x: torch.Tensor, y: torch.Tensor, *, b
     if not torch.is_tensor(x) or x.dim() != 4 or not torch.is_tensor(y) or y.shape != (x.shape[0],):
         raise InputError(f"expected images (N, C, H, W) and labels (N,), got {getattr(x, 'shape', x)} and "
                          f"{getattr(y, 'shape', y)}")
-    with eval_mode(model):
+    with eval_mode(model), ExitStack() as hooks:
+        for det in detectors.values():  # layer-tapping baselines keep their hooks on for the attacks
+            metric = getattr(det, "metric_", det.metric)
+            if isinstance(metric, TappedScore) and not metric.taps._handles:
+                hooks.enter_context(metric)
         row_ids = torch.arange(x.shape[0]) if row_ids is None else torch.as_tensor(row_ids).cpu()
         return _worst_case_examples(model, detectors, x, y.to(x.device), budget=budget, seed=seed, row_ids=row_ids)
 

@@ -24,7 +24,7 @@ from ..errors import InputError
 from ..files import sha256_file
 from ..inference import batched_outputs
 from ..models import ModelOutput
-from ..names import Metric
+from ..names import Attack, Metric
 from .store import CellStore, normalise
 from .schema import model_tag
 
@@ -50,7 +50,7 @@ class RunContext:
             self.store.weights_of = self.weights_sha256
         self.train_progress = train_progress
         self.num_classes = DATASETS[self.dataset].num_classes
-        self._models, self._kds, self._clean, self._cal = {}, {}, {}, {}
+        self._models, self._kds, self._clean, self._cal, self._supervised = {}, {}, {}, {}, {}
         self._hashes = {}  # weights path -> ((inode, size, mtime_ns), sha256)
 
     # ------------------------------------------------------------------------------ integrity
@@ -229,6 +229,35 @@ class RunContext:
         bank = self.kd_bank(which, objective)
         return MahalanobisMetric(n_per_class=self.preset.kd_per_class, seed=self.seed).fit(
             bank["features"], bank["labels"], num_classes=self.num_classes)
+
+    def fit_protocol(self):
+        """The supervised baselines' fitting protocol: FGSM at Table 2's FGSM eps, the preset's
+        `baseline_protocol` for the rest."""
+        from ..detectors.supervised import FitProtocol
+
+        p = self.preset
+        return FitProtocol(eps=p.eps[Attack.FGSM], attack=Attack.FGSM, seed=p.seed, **p.baseline_protocol)
+
+    def supervised(self, which: int, objective) -> tuple:
+        """(fitted {Metric.LID, Metric.MAHALANOBIS_LR}, fitting examples, seconds) of a model, by the
+        honest protocol of `detectors.supervised` on training images; fitted once per process (seeded,
+        so every cell that needs them gets the same detectors)."""
+        import time
+
+        from ..detectors.supervised import fit_supervised, fitting_examples, fitting_indices
+
+        key = (which, objective)
+        if key not in self._supervised:
+            model, protocol, train = self.model(which, objective), self.fit_protocol(), self.train_set
+            t0 = time.perf_counter()
+            fit_index, gaussian_index = fitting_indices(len(train), protocol)
+            examples = fitting_examples(model, train.images[fit_index], train.labels[fit_index], protocol,
+                                        device=self.device)
+            fitted = fit_supervised(model, examples, protocol, gaussian_images=train.images[gaussian_index],
+                                    gaussian_labels=train.labels[gaussian_index], num_classes=self.num_classes,
+                                    device=self.device)
+            self._supervised[key] = (fitted, examples, time.perf_counter() - t0)
+        return self._supervised[key]
 
     def metrics(self, which: int, objective) -> dict:
         """Metric -> score function of a ModelOutput (higher = more normal)."""

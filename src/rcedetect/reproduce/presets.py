@@ -55,7 +55,7 @@ preset into an estimated run time lives in `costs`.
 
 from dataclasses import asdict, dataclass, field, replace
 
-from ..names import PAPER_METRICS, Dataset, Formulation, Metric, Norm, Precision, Preset, TargetRule
+from ..names import PAPER_METRICS, SUPERVISED_METRICS, Dataset, Formulation, Metric, Norm, Precision, Preset, TargetRule
 from .schema import TABLE2_ATTACKS
 
 PRESET_NAMES = Preset.choices()
@@ -81,7 +81,9 @@ CW_SETTINGS = {"binary_search_steps": 9, "max_iters": 10_000, "initial_const": 1
 # The worst-case evaluation's detectors: the paper's three and the baselines whose score is a
 # differentiable function of the input here (LID's `lid_mle` detaches its queries and Mahalanobis-LR
 # scores hooked layer activations, not the `ModelOutput` the attacks differentiate through).
-WORST_CASE_METRICS = (*PAPER_METRICS, Metric.MAHALANOBIS)
+# Every detector of the registry: the supervised baselines are attacked through their layers
+# (`detectors.attackable.TappedScore`), fitted as in the Baselines table.
+WORST_CASE_METRICS = (*PAPER_METRICS, Metric.MAHALANOBIS, *SUPERVISED_METRICS)
 # Radii of the worst-case evaluation (pixel units in [0, 1]; 0 = the clean inputs). CIFAR-10 adds
 # 16/255 so that Tramèr's eps / 2 meets the published 8/255 reference.
 WORST_CASE_EPS = {

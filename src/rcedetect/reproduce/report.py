@@ -25,7 +25,7 @@ from .. import __version__
 from ..files import atomic_write_bytes
 from ..errors import InputError
 from . import paper_values as paper
-from ..names import Attack, Dataset, Formulation, Metric, Norm, Objective, TargetRule
+from ..names import SUPERVISED_METRICS, Attack, Dataset, Formulation, Metric, Norm, Objective, TargetRule
 from . import schema
 from .checks import FAIL, sanity_checks, to_json
 from .figures import make_figures
@@ -735,7 +735,13 @@ class _Report:
         parts = ([f"detector-aware PGD ({', '.join(rules)} rule{'s' if len(rules) > 1 else ''})"] if rules else []) \
             + ([f"PGD on f + λ·g (Carlini & Wagner 2017b's sum form, λ ∈ {{{', '.join(f'{v:g}' for v in b['lambdas'])}}})"]
                if Formulation.SUM in kinds else []) \
-            + (["C&W-L2 with the detector's hinge (C&W-wb generalised to any score)"] if Formulation.CW_L2 in kinds else [])
+            + (["C&W-L2 with the detector's hinge (C&W-wb generalised to any score)"] if Formulation.CW_L2 in kinds else []) \
+            + (["natural start: the first PGD rule once more, started from the nearest image of the batch that is of "
+                "another class, classified correctly and accepted (projected into the ball)"]
+               if b.get("natural_start") and rules + (["sum"] if Formulation.SUM in kinds else []) else []) \
+            + (["LID and Mahalanobis-LR are attacked through their tapped layers (the same fitted detectors as the "
+                "Baselines table, differentiable: `detectors.attackable`)"]
+               if any(Metric.coerce(m) in SUPERVISED_METRICS for _, r in results for m in r["detectors"]) else [])
         d.p(f"Classifier + detector attacked end to end (`rcedetect.evaluation.worst_case`), each detector at its "
             f"{100 * r0['fpr']:g} % FPR threshold on held-out clean images, with every formulation of this run's "
             f"budget: {', '.join(f'`{a}`' for a in r0['attacks'])} — {'; '.join(parts)}. An input counts as robust at ε "

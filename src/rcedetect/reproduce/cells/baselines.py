@@ -15,19 +15,14 @@ import numpy as np
 import torch
 
 from ...detectors import threshold_at_fpr
-from ...detectors.supervised import FitProtocol, baseline_inputs, fit_supervised, fitting_examples, fitting_indices
+from ...detectors.supervised import baseline_inputs
 from ...evaluation import auc_score, counting_mask
 from ...inference import batched_outputs
-from ...names import Attack, Metric
+from ...names import Metric
 from .. import schema
 from ..examples import attack_examples
 from ..jsonable import ints, sig
 from .base import Cell
-
-
-def fit_protocol(preset) -> FitProtocol:
-    """The preset's fitting protocol: FGSM at Table 2's FGSM eps, `baseline_protocol` for the rest."""
-    return FitProtocol(eps=preset.eps[Attack.FGSM], attack=Attack.FGSM, seed=preset.seed, **preset.baseline_protocol)
 
 
 def _table2_args(preset, attack):
@@ -50,24 +45,19 @@ class BaselinesCell(Cell):
         for attack in schema.TABLE2_ATTACKS:
             n, eps, settings = _table2_args(p, attack)
             attacks[attack.value] = {"n": n, "eps": eps, "settings": settings}
-        return {**ctx.base_config(0, self.objective), "protocol": fit_protocol(p).to_dict(), "attacks": attacks,
+        return {**ctx.base_config(0, self.objective), "protocol": ctx.fit_protocol().to_dict(), "attacks": attacks,
                 "metrics": [m.value for m in schema.BASELINES]}
 
     def compute(self, ctx, progress):
         p, obj = ctx.preset, self.objective
         model = ctx.model(0, obj)
-        protocol = fit_protocol(p)
-        train = ctx.train_set
+        protocol = ctx.fit_protocol()
         t0 = time.perf_counter()
-        fit_index, gaussian_index = fitting_indices(len(train), protocol)
-        examples = fitting_examples(model, train.images[fit_index], train.labels[fit_index], protocol,
-                                    device=ctx.device)
-        fitted = fit_supervised(model, examples, protocol, gaussian_images=train.images[gaussian_index],
-                                gaussian_labels=train.labels[gaussian_index], num_classes=ctx.num_classes,
-                                device=ctx.device)
+        supervised, examples, supervised_seconds = ctx.supervised(0, obj)
+        fitted = dict(supervised)
         bank = ctx.kd_bank(0, obj)
         fitted[Metric.MAHALANOBIS] = ctx.mahalanobis(0, obj)
-        fit_seconds = time.perf_counter() - t0
+        fit_seconds = supervised_seconds + time.perf_counter() - t0
         progress.fraction(0.4)
 
         t1 = time.perf_counter()

@@ -21,11 +21,13 @@ import numpy as np
 import torch
 
 from ...detectors import ConfidenceMetric, NonMEMetric, ThresholdDetector
+from ...detectors.attackable import TappedScore
+from ...detectors.supervised import baseline_inputs
 from ...evaluation import auc_score, distortion
 from ...evaluation.threat_models import summarize_white_box, transfer_evaluation
 from ...evaluation.worst_case import WorstCaseBudget, summarize_worst_case, worst_case_examples
 from ...inference import batched_outputs
-from ...names import Attack, Formulation, Metric, PGDMethod
+from ...names import SUPERVISED_METRICS, Attack, Formulation, Metric, PGDMethod
 from .. import schema
 from ..examples import cwwb_examples
 from ..jsonable import ints, sig, uint8_images
@@ -167,12 +169,22 @@ class WorstCaseCell(Cell):
                 "metrics": list(p.worst_case_metrics), "budget": WorstCaseBudget(**p.worst_case).to_dict()}
 
     def detectors(self, ctx) -> dict:
+        """{metric: ThresholdDetector at the preset's FPR}; the supervised baselines as `TappedScore`s
+        (differentiable through their layers), their thresholds from the Baselines table's scores."""
         p, objective = ctx.preset, self.objective
         metrics = {Metric.CONFIDENCE: ConfidenceMetric, Metric.NON_ME: NonMEMetric,
                    Metric.KD: lambda: ctx.kd(0, objective), Metric.MAHALANOBIS: lambda: ctx.mahalanobis(0, objective)}
         cal = ctx.calibration_outputs(0, objective)
-        return {Metric.coerce(m).value: ThresholdDetector(metrics[Metric.coerce(m)](), fpr=p.fpr).calibrate(cal)
-                for m in p.worst_case_metrics}
+        out = {}
+        for m in map(Metric.coerce, p.worst_case_metrics):
+            if m in SUPERVISED_METRICS:
+                model, fitted = ctx.model(0, objective), ctx.supervised(0, objective)[0][m]
+                inputs, _ = baseline_inputs(model, {m: fitted}, ctx.test_set.images[ctx.calibration_index],
+                                            device=ctx.device)
+                out[m.value] = ThresholdDetector(TappedScore(model, fitted), fpr=p.fpr).calibrate(inputs[m])
+            else:
+                out[m.value] = ThresholdDetector(metrics[m](), fpr=p.fpr).calibrate(cal)
+        return out
 
     def compute(self, ctx, progress):
         p, objective = ctx.preset, self.objective
