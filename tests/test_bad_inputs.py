@@ -259,6 +259,8 @@ CASES = {
     "attack-unknown-attack": ([*ATTACK, "--attack", "deepfool", "--out", f"{T}/a"], ["--attack", "invalid choice"]),
     # ---------------------------------------------------------- threat-models
     "threat-models-table4-without-targets": ([*TM, "--tables", "table4"], ["--targets", "drop table4"]),
+    "threat-models-lid-outside-the-worst-case": ([*TM, "--tables", "adaptive", "--metrics", "lid"],
+                                                 ["--tables worstcase", "--fit-adversarial"]),
     "threat-models-mixed-datasets": ([*TM, "--targets", CIFAR], ["one dataset", "same dataset"]),
     "threat-models-negative-eps": ([*TM, "--eps", "0", "-0.1"], ["--eps -0.1", "[0, 1]"]),
     "threat-models-n-past-the-test-set": ([*TM, "--n", "6000"], ["only 10000", "lower --n"]),

@@ -449,6 +449,21 @@ def test_tapped_scores_equal_the_baselines_and_have_gradients():
         torch.testing.assert_close(TappedScore(model, fitted).score(inputs[name]), reference)
 
 
+def test_attackable_keeps_the_fitted_operating_point():
+    from rcedetect.detectors.attackable import TappedScore, attackable
+    from rcedetect.detectors.supervised import baseline_inputs
+
+    model = resnet(depth=8, in_channels=1, num_classes=10).eval()
+    lid, _ = _fitted_baselines(model)
+    cal = baseline_inputs(model, {"lid": lid}, torch.rand(40, 1, 28, 28, generator=torch.Generator().manual_seed(3)))[0]
+    saved = ThresholdDetector(lid, fpr=0.1).calibrate(cal["lid"])
+    wrapped = attackable(model, saved)
+    assert isinstance(wrapped.metric_, TappedScore) and wrapped.threshold_ == saved.threshold_
+    assert wrapped.fpr_ == saved.fpr_ and torch.equal(wrapped.calibration_scores_, saved.calibration_scores_)
+    confidence = ThresholdDetector(KernelDensity(1.0))
+    assert attackable(model, confidence) is confidence  # metrics of the model output pass through
+
+
 def test_tapped_scores_refuse_what_they_cannot_attack():
     from rcedetect.detectors.attackable import TappedScore
     from rcedetect.models import ModelOutput

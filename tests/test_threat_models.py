@@ -322,7 +322,7 @@ def test_threat_models_cli_worst_case(cli_checkpoints, tmp_path, capsys):
     for label in ("mnist-resnet8-ce", "mnist-resnet8-rce"):
         result = report["worstcase"][label]
         assert set(result["detectors"]) == {"kd", "mahalanobis"}
-        assert result["attacks"] == ["cw-l2", "logit", "sum(lam=1)"]
+        assert result["attacks"] == ["cw-l2", "logit", "sum(lam=1)", "natural-start"]
         for entry in result["detectors"].values():
             assert len(entry["robust_accuracy_with_rejection"]["l2"]) == 2 and "gradient" in entry["checks"]
     assert "worstcase mnist-resnet8-rce (linf" in capsys.readouterr().out

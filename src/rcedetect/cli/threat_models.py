@@ -18,7 +18,7 @@ run keeps what it finished. Definitions: `rcedetect.evaluation.threat_models`.
 import json
 from pathlib import Path
 
-from ..names import PAPER_METRICS, PGD_RULES, Formulation, Metric, Norm
+from ..names import PAPER_METRICS, PGD_RULES, SUPERVISED_METRICS, Formulation, Metric, Norm
 from ._common import add_data_dir_argument, add_device_argument, print_notes
 from ._threat_models import add_detector_arguments, detector_settings
 
@@ -60,9 +60,10 @@ def register(subparsers) -> None:
     pgd.add_argument("--eps", type=float, nargs="+", default=[0.0, 0.1, 0.2, 0.3],
                      help="radii in [0, 1] pixel units (default: 0 0.1 0.2 0.3)")
     pgd.add_argument("--norm", choices=(Norm.LINF.value, Norm.L2.value), default=Norm.LINF.value)
-    pgd.add_argument("--metrics", nargs="+", choices=[*PAPER_METRICS, Metric.MAHALANOBIS],
+    pgd.add_argument("--metrics", nargs="+", choices=[*PAPER_METRICS, Metric.MAHALANOBIS, *SUPERVISED_METRICS],
                      default=[m.value for m in PAPER_METRICS],
-                     help="detectors of the adaptive curve and the worst case (mahalanobis: the unsupervised baseline)")
+                     help="detectors of the adaptive curve and the worst case (mahalanobis: the unsupervised baseline; "
+                          "lid, mahalanobis-lr: worst case only, fitted first by 'rcedetect detect ... --fit-adversarial')")
     pgd.add_argument("--pgd-steps", type=int, default=100)
     pgd.add_argument("--restarts", type=int, default=1)
     pgd.add_argument("--methods", nargs="+", choices=[m.value for m in PGD_RULES], default=[m.value for m in PGD_RULES],
@@ -118,6 +119,11 @@ def check_arguments(args) -> None:
     if args.tables and "table4" in args.tables and not args.targets:
         raise InputError("--tables table4 needs --targets CHECKPOINT [...] (the attacked models, ResNet-56 in the "
                          "paper): add them or drop table4")
+    supervised = [m for m in args.metrics if Metric.coerce(m) in SUPERVISED_METRICS]
+    if supervised and not (args.tables and "worstcase" in args.tables and "adaptive" not in args.tables):
+        raise InputError(f"--metrics {' '.join(supervised)}: the supervised baselines are attacked only by the worst-case "
+                         f"evaluation: pass --tables worstcase (without adaptive), after fitting them with "
+                         f"'rcedetect detect CHECKPOINT --metric {supervised[0]} --fit-adversarial'")
     configs = [checkpoint_dataset(p) for p in args.checkpoints]
     configs += [checkpoint_dataset(p, "--targets") for p in args.targets]
     datasets = sorted({c.dataset.value for c in configs})

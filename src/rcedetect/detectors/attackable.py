@@ -28,6 +28,7 @@ from ..models import PreActResNet
 from .lid import LIDDetector, lid_mle, logistic_logit
 from .mahalanobis import MahalanobisDetector
 from .taps import LayerTaps
+from .threshold import ThresholdDetector
 
 # The first module of rcedetect's ResNets' forward pass: a new pass clears the captures there
 # (`forward_features` bypasses the root module's `forward`, where LayerTaps clears by default).
@@ -104,4 +105,21 @@ class TappedScore:
         return f"TappedScore({self.name}, layers={list(self.fitted.layers_)})"
 
 
-__all__ = ["TappedScore"]
+def attackable(model, detector):
+    """`detector` itself when its metric scores the model's output; a fitted LID or Mahalanobis-LR
+    `ThresholdDetector` (e.g. one `rcedetect detect --fit-adversarial` saved) as the same detector over a
+    `TappedScore`: the same fitted state, calibration scores and operating point."""
+    metric = getattr(detector, "metric_", detector.metric)
+    if not isinstance(metric, (LIDDetector, MahalanobisDetector)):
+        return detector
+    wrapped = ThresholdDetector(TappedScore(model, metric), fpr=detector.fpr)
+    wrapped.metric_ = wrapped.metric
+    scores = getattr(detector, "calibration_scores_", None)
+    if scores is None:  # an explicit threshold: nothing to recalibrate from
+        wrapped.threshold_, wrapped.fpr_, wrapped.calibration_scores_ = float(detector.threshold_), None, None
+        return wrapped
+    wrapped.calibration_scores_ = scores
+    return wrapped.recalibrate(detector.fpr_)
+
+
+__all__ = ["TappedScore", "attackable"]

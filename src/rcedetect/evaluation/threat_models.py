@@ -652,13 +652,15 @@ def threat_model_report(checkpoints, *, targets=(), tables=None, n: int = 100, s
         yield from flush_notes()
         yield ReportUpdate("table4", "", report["table4"], time.perf_counter() - t0, report)
     if "worstcase" in tables:
+        from ..detectors.attackable import attackable
         from .worst_case import WorstCaseBudget, worst_case_evaluation
 
         budget = WorstCaseBudget() if worst_case is None else worst_case
         report["worst_case_budget"] = budget.to_dict()
         report["worstcase"] = {}
         for label, loaded in models:
-            detectors = {m.value: detector_for(loaded, m) for m in metrics}
+            # LID / Mahalanobis-LR (saved by `rcedetect detect --fit-adversarial`) attacked through their layers
+            detectors = {m.value: attackable(loaded.model, detector_for(loaded, m)) for m in metrics}
             t0 = time.perf_counter()
             result = worst_case_evaluation(loaded.model, detectors, x, y, budget=budget, seed=seed,
                                            dataset=loaded.config.dataset)
