@@ -113,7 +113,8 @@ def _direction_selective(margin, grad_m, grad_d):
 TWO_GRADIENTS = {PGDMethod.ORTHOGONAL: _direction_orthogonal, PGDMethod.SELECTIVE: _direction_selective}
 
 
-_ROW_STREAM, _RESTART_STREAM = 1_000_003, 7_919
+# Strides of an input's start seed: seed * _SEED_STRIDE + input id * _ID_STRIDE + restart (both prime).
+_SEED_STRIDE, _ID_STRIDE = 1_000_003, 7_919
 
 
 def _row_noise(shape, eps, norm, generator):
@@ -128,7 +129,7 @@ def _row_noise(shape, eps, norm, generator):
 def _random_start(x, eps, norm, seed: int, row_ids, restart: int):
     # One generator per input: its starts depend on (seed, its id, restart) only, not on its batch.
     noise = torch.stack([_row_noise(x.shape[1:], eps, norm, torch.Generator().manual_seed(
-        int(seed) * _ROW_STREAM + int(i) * _RESTART_STREAM + restart)) for i in row_ids.tolist()])
+        int(seed) * _SEED_STRIDE + int(i) * _ID_STRIDE + restart)) for i in row_ids.tolist()])
     return (x + noise.to(device=x.device, dtype=x.dtype)).clamp(0.0, 1.0)
 
 

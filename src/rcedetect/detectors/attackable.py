@@ -78,7 +78,7 @@ class TappedScore:
     # ------------------------------------------------------------------------------- scoring
     def _captured(self, n: int) -> dict:
         features = self.taps.features
-        if not self.taps._handles:
+        if not self.taps.attached:
             raise InputError("TappedScore is not attached: score inside `with TappedScore(model, fitted):`")
         missing = [name for name in self.fitted.layers_ if name not in features]
         if missing or any(features[name].shape[0] != n for name in self.fitted.layers_):

@@ -138,6 +138,11 @@ class LayerTaps:
                 self._handles.append(module.register_forward_hook(
                     lambda module, args, output, name=name: self._store(name, output)))
 
+    @property
+    def attached(self) -> bool:
+        """Whether the hooks are on the model now (inside `with taps:`)."""
+        return bool(self._handles)
+
     def _detach(self):
         for handle in self._handles:
             handle.remove()

@@ -191,10 +191,16 @@ def natural_starts(model, detector, x: torch.Tensor, y: torch.Tensor) -> torch.T
     system answers another class; the input itself where the batch holds none."""
     with torch.no_grad():
         out = model.forward_features(x)
-        ok = (out.logits.argmax(1) == y) & (detector.score_samples(out) > float(detector.threshold_))
+        eligible = (out.logits.argmax(1) == y) & (detector.score_samples(out) > float(detector.threshold_))
+    return _nearest_eligible(x, y, eligible)
+
+
+def _nearest_eligible(x, y, eligible) -> torch.Tensor:
+    """`natural_starts` given the (N,) bool mask of batch images classified correctly and accepted."""
+    with torch.no_grad():
         flat = x.flatten(1).double()
         dist = torch.cdist(flat, flat)
-        dist[~(ok[None, :] & (y[None, :] != y[:, None]))] = float("inf")
+        dist[~(eligible[None, :] & (y[None, :] != y[:, None]))] = float("inf")
         nearest, j = dist.min(1)
         return torch.where(torch.isfinite(nearest)[:, None, None, None], x[j], x)
 
@@ -236,7 +242,7 @@ def worst_case_examples(model, detectors, x: torch.Tensor, y: torch.Tensor, *, b
     with eval_mode(model), ExitStack() as hooks:
         for det in detectors.values():  # layer-tapping baselines keep their hooks on for the attacks
             metric = getattr(det, "metric_", det.metric)
-            if isinstance(metric, TappedScore) and not metric.taps._handles:
+            if isinstance(metric, TappedScore) and not metric.taps.attached:
                 hooks.enter_context(metric)
         row_ids = torch.arange(x.shape[0]) if row_ids is None else torch.as_tensor(row_ids).cpu()
         return _worst_case_examples(model, detectors, x, y.to(x.device), budget=budget, seed=seed, row_ids=row_ids)
@@ -247,7 +253,7 @@ def _worst_case_examples(model, detectors, x, y, *, budget, seed, row_ids):
     attacks = budget.attacks
     pgd = [(label, f, lam) for label, f, lam in attacks if f != Formulation.CW_L2]
     everyone = torch.arange(n, device=device)
-    starts = {}  # detector name -> natural starts
+    starts = {}  # id(detector) -> its natural starts (N, C, H, W)
 
     def pgd_rows(det, eps, norm, f, lam, label=None, **over):
         natural = label == NATURAL_START
@@ -272,8 +278,8 @@ def _worst_case_examples(model, detectors, x, y, *, budget, seed, row_ids):
         with torch.no_grad():
             out[f"{name}.accepted"] = (det.score_samples(model.forward_features(x)) > float(det.threshold_)).long()
         out[f"{name}.grad_bad"] = _gradient_bad(model, det, x).long()
-        if budget.natural_start:
-            starts[id(det)] = natural_starts(model, det, x, y)
+        if budget.natural_start:  # the clean verdicts just computed: no second forward pass
+            starts[id(det)] = _nearest_eligible(x, y, out["correct"].bool() & out[f"{name}.accepted"].bool())
         has_cw = any(f == Formulation.CW_L2 for _, f, _ in attacks)
         if has_cw:
             cw = cw_l2_detector(model, x, y, det, **budget.cw)
