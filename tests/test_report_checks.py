@@ -98,6 +98,41 @@ def test_non_monotone_accuracy_grid_fails():
     assert _status(checks, "non-increasing") == [PASS, PASS]
 
 
+def test_sign_test_p_equals_scipy_binomtest():
+    from scipy.stats import binomtest
+
+    from rcedetect.reproduce.checks import sign_test_p
+    for up, down in [(7, 2), (0, 0), (5, 0), (3, 9), (20, 6)]:
+        expected = binomtest(up, up + down, 0.5, alternative="greater").pvalue if up + down else 1.0
+        assert sign_test_p(up, down) == pytest.approx(expected, rel=1e-12)
+
+
+def _paired(before_right, after_right, both_right, n=40):
+    """Per-example correctness at two grid points: `before_right` only before, `after_right` only after."""
+    c0 = [1] * before_right + [0] * after_right + [1] * both_right
+    c1 = [0] * before_right + [1] * after_right + [1] * both_right
+    pad = n - len(c0)
+    return [c0 + [0] * pad, c1 + [0] * pad]
+
+
+def test_a_rise_fails_only_when_the_paired_sign_test_is_significant():
+    cell = schema.fig3_cell(Attack.JSMA, Objective.RCE)
+    # 7 wrong -> right, 2 right -> wrong (the 24-image CIFAR-10 case): p = 0.09, chance.
+    correct = _paired(2, 7, 10)
+    records = good_records()
+    records[cell] = {"result": {"n": 40, "eps": [0.03, 0.04], "accuracy": [12 / 40, 17 / 40], "correct": correct,
+                                "attack_success_rate": [0.1, 0.1]}}
+    check = [c for c in sanity_checks(records) if "non-increasing" in c.name and "RCE" in c.name][0]
+    assert check.status == PASS, check.detail
+    # 9 wrong -> right, 0 right -> wrong: p = 0.002, a real rise.
+    records[cell]["result"].update(correct=_paired(0, 9, 10), accuracy=[10 / 40, 19 / 40])
+    check = [c for c in sanity_checks(records) if "non-increasing" in c.name and "RCE" in c.name][0]
+    assert check.status == FAIL and "9 wrong → right, 0 right → wrong" in check.detail
+    # Grid given out of order: the check sorts by eps (and its correctness with it).
+    records[cell]["result"].update(eps=[0.04, 0.03], correct=_paired(0, 9, 10)[::-1], accuracy=[19 / 40, 10 / 40])
+    assert [c for c in sanity_checks(records) if "non-increasing" in c.name][1].status == FAIL
+
+
 def test_weak_unbounded_attack_fails():
     checks = _mutated(schema.table2_cell(Attack.CW, Objective.CE), attack_success_rate=0.8)
     assert _status(checks, "unbounded") == [FAIL, PASS]

@@ -66,9 +66,13 @@ def detection_result(ctx, which: int, objective, x, y, x_adv) -> dict:
     return out
 
 
+def _correct(ctx, which, objective, x_adv, y) -> torch.Tensor:
+    """Per example: whether the model still classifies x_adv as its label (bool (n,))."""
+    return batched_outputs(ctx.model(which, objective), x_adv, device=ctx.device).logits.argmax(1) == y
+
+
 def _accuracy(ctx, which, objective, x_adv, y) -> float:
-    pred = batched_outputs(ctx.model(which, objective), x_adv, device=ctx.device).logits.argmax(1)
-    return float((pred == y).float().mean())
+    return float(_correct(ctx, which, objective, x_adv, y).float().mean())
 
 
 def _clean_accuracy(ctx, objective, n) -> float:
@@ -147,17 +151,19 @@ class Fig3Cell(Cell):
 
     def compute(self, ctx, progress):
         n, settings, grid = self._n(ctx), self._settings(ctx), ctx.preset.fig3_eps
-        accuracy, seconds, success = [], [], []
+        accuracy, correct, seconds, success = [], [], [], []
         _, y = ctx.images(n)
         for i, eps in enumerate(grid):
             tensors, took = attack_examples(ctx, 0, self.objective, self.attack, n, eps=eps, settings=settings,
                                             label=f"fig3-{self.attack}-{eps:g}", progress=progress,
                                             lo=i / len(grid), hi=(i + 1) / len(grid))
-            accuracy.append(_accuracy(ctx, 0, self.objective, tensors["x_adv"], y))
+            right = _correct(ctx, 0, self.objective, tensors["x_adv"], y)
+            accuracy.append(float(right.float().mean()))
+            correct.append(ints(right))  # per example, for the paired test of the monotonicity check
             success.append(float(tensors["success"].float().mean()))
             seconds.append(took)
         return {"attack": self.attack, "objective": self.objective, "x_axis": EPS_AXIS.get(self.attack, "eps"),
-                "eps": list(grid), "n": n, "accuracy": accuracy, "attack_success_rate": success,
+                "eps": list(grid), "n": n, "accuracy": accuracy, "correct": correct, "attack_success_rate": success,
                 "clean_accuracy": _clean_accuracy(ctx, self.objective, n), "attack_seconds": seconds}
 
     def spread_n(self, ctx):
