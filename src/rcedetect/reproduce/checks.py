@@ -161,8 +161,11 @@ def _accuracy_monotone(records, obj) -> Check:
                            f"{_pct(r['accuracy'][j])} at {r['eps'][j]:g}{why}")
     detail = "; ".join(bad) if bad else f"{len(cells)} grids ({', '.join(a.display for a, _ in cells)})"
     tol_text = ", ".join(f"1/{n}" for n in sorted(sizes))
-    return Check(name, _verdict(bad), f"{detail} (a rise fails when it exceeds one image, {tol_text}, and a "
-                 f"paired sign test gives p < {MONOTONE_ALPHA:g})", MONOTONE_MEANING)
+    unpaired = [a.display for a, r in cells if r.get("correct") is None]
+    rule = f"a rise fails when it exceeds one image, {tol_text}, and a paired sign test gives p < {MONOTONE_ALPHA:g}"
+    if unpaired:
+        rule += f"; one-image rule alone for {', '.join(unpaired)} (no per-example verdicts stored)"
+    return Check(name, _verdict(bad), f"{detail} ({rule})", MONOTONE_MEANING)
 
 
 UNBOUNDED_MEANING = ("C&W (κ = 0) has no distortion bound, so it must fool essentially every input; a lower "
