@@ -38,6 +38,9 @@ def parse_args(argv=None):
     p.add_argument("--cw-n", type=int, default=20, help="test images for C&W (default 20)")
     p.add_argument("--eps", type=float, default=0.1, help="L-inf budget for FGSM/BIM/ILCM (default 0.1)")
     p.add_argument("--jsma-gamma", type=float, default=0.1)
+    p.add_argument("--jsma-output", choices=("probs", "logits"), default="probs",
+                   help="what JSMA differentiates, for both implementations: softmax (the paper's F) or the "
+                        "logits (advertorch's own default: it differentiates whatever the model returns)")
     p.add_argument("--cw-binary-steps", type=int, default=9)
     p.add_argument("--cw-iters", type=int, default=1000)
     p.add_argument("--cw-const", type=float, default=1e-3, help="initial c (default 1e-3, the paper's)")
@@ -147,10 +150,11 @@ def main(argv=None):
         adv = import_advertorch()
         xj, yj = x_all[:args.jsma_n], y_all[:args.jsma_n]
         target = random_targets(yj, 10, seed=args.seed)
-        record("jsma", "rcedetect", xj, lambda: (jsma(model, xj, target, gamma=args.jsma_gamma, mode="pair").x_adv, True), "l0",
-               target, True)
-        attack = adv.attacks.JacobianSaliencyMapAttack(lambda inp: model(inp).softmax(1), num_classes=10,
-                                                       theta=1.0, gamma=args.jsma_gamma)
+        record("jsma", "rcedetect", xj, lambda: (jsma(model, xj, target, gamma=args.jsma_gamma, mode="pair",
+                                                     output=args.jsma_output).x_adv, True), "l0", target, True)
+        # advertorch differentiates what its predict returns: wrap the model to give it the same F as ours.
+        predict = (lambda inp: model(inp).softmax(1)) if args.jsma_output == "probs" else model
+        attack = adv.attacks.JacobianSaliencyMapAttack(predict, num_classes=10, theta=1.0, gamma=args.jsma_gamma)
         record("jsma", "advertorch", xj, lambda: (attack.perturb(xj, target), None), "l0", target, True)
         model.zero_grad(set_to_none=True)
     if "cw" in wanted:
@@ -181,7 +185,7 @@ def main(argv=None):
     print()
     print(f"model: {model_name}; torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs")
-    print(f"settings: eps {eps}, BIM/ILCM {steps} steps of eps/{steps}; JSMA gamma {args.jsma_gamma} theta 1 on softmax; "
+    print(f"settings: eps {eps}, BIM/ILCM {steps} steps of eps/{steps}; JSMA gamma {args.jsma_gamma} theta 1 on {'softmax' if args.jsma_output == 'probs' else 'logits'}; "
           f"C&W targeted (random target), {args.cw_binary_steps} binary steps x {args.cw_iters} iterations, lr 1e-2, "
           f"c0 {args.cw_const}, abort early; n = {args.n} (JSMA {args.jsma_n}, C&W {args.cw_n})")
     print()
