@@ -222,7 +222,7 @@ def quick(dataset) -> ReproPreset:
         fig3_eps=QUICK_EPS_GRID if dataset == Dataset.MNIST else CIFAR_QUICK_EPS_GRID, fig3_n=60,
         # JSMA (greedy, one theta-step per feature) is noisy on few images: CIFAR-10 RCE went 45.8 % -> 66.7 %
         # accuracy from theta 0.03 to 0.04 on 24 images, 55.0 % -> 52.0 % on 200 (the quick RCE model,
-        # 3.5 s per theta per 24 images); 96 images there: 75 s per model's cell in the docs run.
+        # benchmarks/fig3_grid_noise.py); 96 images there: 75 s per model's cell in the docs run.
         fig3_jsma_n=8 if dataset == Dataset.MNIST else 96,
         rand_eps=(0.0, 0.04) + QUICK_EPS_GRID, rand_n=500,
         cw_fixed_c=(0.1, 1.0, 10.0), cw_fixed_n=12, cw_fixed_settings={"max_iters": 100, "lr": 0.1},
