@@ -5,7 +5,8 @@
         --n-full 2 --full-cap 240 --threads 0]
 
 0. The cost of one attack iteration (forward + backward of features and logits) at batch 1 and
-   `--n-small`: the unit every C&W-wb time is made of.
+   `--n-small`: the unit every C&W-wb time is made of; and one iteration of phase 2's loop (the
+   K-density term included) against one of plain C&W-L2, both full-batch (`per_iteration_ratio`).
 1. Scaled-down budget: both phases 9 binary steps x `--small-iters` Adam iterations on `--n-small`
    images in one batch; also plain C&W-L2 (phase 1 alone) with the same budget in the same process,
    and the ratio.
@@ -54,6 +55,45 @@ class CountingModel(torch.nn.Module):
         return self.inner.forward_features(x)
 
 
+def per_iteration_ratio(model, kd, x, target, iters: int, repeats: int = 3) -> dict:
+    """Seconds per batch iteration of phase 2's loop (C&W-L2 + the K-density term, with its success
+    callback) against the plain C&W-L2 loop: both `cw_l2_search`, 1 binary step x `iters`, no early
+    abort, so every iteration runs the full batch and the two count the same rows. The K-density term
+    once through the stacked path (now) and once through the per-class loop (before; forced by
+    `STACKED_ELEMENTS = 0`). Best of `repeats`, interleaved."""
+    from rcedetect.attacks.cw import cw_l2_search
+    from rcedetect.attacks.cw_wb import attack_bank, attack_eta
+    from rcedetect.detectors import kernel_density
+
+    sub_kd, member = attack_bank(kd, 100, seed=0)
+    eta = attack_eta(kd, sub_kd, member).to(x.dtype)[target]
+
+    def f2(features, idx):
+        return (-sub_kd.log_density_for_class(features, target[idx]) - eta[idx]).clamp(min=0.0)
+
+    def extra_loss(x_adv, logits, features, idx):
+        return f2(features, idx)
+
+    def extra_success(x_adv, logits, features, idx):
+        return f2(features, idx) <= 0
+
+    settings = dict(targeted=True, binary_search_steps=1, max_iters=iters, lr=0.01, initial_const=1.0, abort_early=False)
+    runs = {"plain": {}, "kd_stacked": dict(extra_loss=extra_loss, extra_success=extra_success),
+            "kd_per_class": dict(extra_loss=extra_loss, extra_success=extra_success)}
+    best = {name: float("inf") for name in runs}
+    limit = kernel_density.STACKED_ELEMENTS
+    for _ in range(repeats):
+        for name, hooks in runs.items():
+            kernel_density.STACKED_ELEMENTS = 0 if name == "kd_per_class" else limit
+            t0 = time.perf_counter()
+            cw_l2_search(model, x, target, **settings, **hooks)
+            best[name] = min(best[name], (time.perf_counter() - t0) / iters)
+    kernel_density.STACKED_ELEMENTS = limit
+    return {"batch": x.shape[0], "iterations": iters, "seconds_per_batch_iteration": best,
+            "ratio_kd_stacked_over_plain": best["kd_stacked"] / best["plain"],
+            "ratio_kd_per_class_over_plain": best["kd_per_class"] / best["plain"]}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("checkpoint")
@@ -64,6 +104,8 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--start", type=int, default=5000)
     parser.add_argument("--data-dir", default=None, help="dataset folder (default: $RCEDETECT_DATA_DIR)")
+    parser.add_argument("--ratio-iters", type=int, default=30, help="iterations of the per-iteration comparison")
+    parser.add_argument("--iteration-only", action="store_true", help="stop after the per-iteration comparison")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -96,6 +138,10 @@ def main(argv=None) -> int:
 
     report["iteration_seconds"] = {str(b): iteration_seconds(b) for b in sorted({1, args.n_small})}
     print(json.dumps(report, indent=2), flush=True)
+    report["per_iteration"] = per_iteration_ratio(model, kd, x[:args.n_small], target[:args.n_small], args.ratio_iters)
+    print(json.dumps(report["per_iteration"], indent=2), flush=True)
+    if args.iteration_only:
+        return 0
 
     small = {"binary_search_steps": 9, "max_iters": args.small_iters, "initial_const": 1.0}
     xs, ys, ts = x[:args.n_small], y[:args.n_small], target[:args.n_small]

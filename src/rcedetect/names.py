@@ -142,6 +142,14 @@ class LRSchedule(Name):
     WARMUP_LINEAR = "warmup-linear"  # linear warm-up to lr_values[0] over warmup_steps, then linear decay to 0
 
 
+class AbortRule(Name):
+    """When a C&W binary-search step ends early (Carlini's check, every max_iters // 10 iterations)."""
+
+    NONE = "none"        # never: every step runs max_iters iterations
+    EXAMPLE = "example"  # per example, on the loss at the check: no progress of 0.01 % since the last check
+    WINDOW = "window"    # per example, on the best loss of the window: no iterate since the last check beat the best by 0.01 %
+
+
 class TargetRule(Name):
     LEAST_LIKELY = "least-likely"  # argmin F(x): ILCM, and JSMA in the authors' test_adv.py
     RANDOM = "random"              # uniform over the classes != y: C&W, and JSMA in the paper's text
@@ -160,5 +168,5 @@ _DISPLAY = {
     Norm.LINF: "L∞", Norm.L2: "L2", Norm.L0: "L0",
 }
 
-__all__ = ["Name", "Dataset", "Objective", "Metric", "Attack", "PGDMethod", "PGD_RULES", "Formulation", "Norm", "Preset", "TargetRule", "PAPER_METRICS",
+__all__ = ["Name", "Dataset", "Objective", "Metric", "Attack", "PGDMethod", "PGD_RULES", "Formulation", "Norm", "Preset", "TargetRule", "AbortRule", "PAPER_METRICS",
            "BASELINE_METRICS", "SUPERVISED_METRICS"]

@@ -11,7 +11,7 @@ from --seed and each row's global index, so --batch-size never changes them.
 
 import time
 
-from ..names import Attack, TargetRule
+from ..names import AbortRule, Attack, TargetRule
 from . import _threat_models
 from ._common import chosen_settings
 
@@ -28,6 +28,7 @@ SETTINGS = {
     "lr": ("lr", _CW),
     "initial_const": ("initial_const", _CW),
     "abort_early": ("abort_early", _CW),
+    "abort_rule": ("abort_rule", _CW),
     "jsma_output": ("output", (Attack.JSMA,)),
     "jsma_mode": ("mode", (Attack.JSMA,)),
     "jsma_targets": ("targets", (Attack.JSMA,)),
@@ -74,6 +75,9 @@ def register(subparsers) -> None:
     group.add_argument("--initial-const", type=float, help="C&W initial c (default 0.001, Carlini's; the presets use the authors' 1.0)")
     group.add_argument("--no-abort-early", dest="abort_early", action="store_const", const=False, default=None,
                        help="C&W: run every iteration even when the loss has stopped improving")
+    group.add_argument("--abort-rule", choices=AbortRule.choices(),
+                       help="C&W: when a binary step ends early: example (default: the loss at the check, per "
+                            "example), window (the best loss since the last check; for large lr), none")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bar")
     add_device_argument(parser)
     add_data_dir_argument(parser)

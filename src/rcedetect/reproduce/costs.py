@@ -29,10 +29,14 @@ class CostModel:
     # Training step in bfloat16 mixed precision vs float32 (config.QUICK_PRECISION's measurement).
     bf16_train_speedup: MappingProxyType = field(default_factory=lambda: _frozen({Dataset.MNIST: 1.44,
                                                                                  Dataset.CIFAR10: 1.79}))
-    early_abort: float = 0.6  # fraction of a C&W budget an example uses on average with per-example early abort
+    # C&W (benchmarks/cw_matrix.py, quick MNIST RCE model, 2026-12-02, RESULTS.md "C&W engine"): with
+    # the default per-example abort an example used 54-79 % of the quick budgets' iterations (median
+    # 61 %); one iteration costs the forward+backward floor / the engine's efficiency (median 86 %),
+    # the floor being 2.6-3.4 ms per image at batches 36-100 here, i.e. ~1.7-2.1x `grad`: 1.9.
+    early_abort: float = 0.61  # fraction of a C&W budget an example uses on average with per-example early abort
     # Gradient-equivalents of one JSMA pair iteration and one C&W iteration (extra bookkeeping per step).
     jsma_iteration: float = 1.2
-    cw_iteration: float = 1.5
+    cw_iteration: float = 1.9
     # Gradient-equivalents of one PGD step per update rule (the projected rules do more per step).
     pgd_method: MappingProxyType = field(default_factory=lambda: _frozen({PGDMethod.LOGIT: 1.0,
                                                                          PGDMethod.SELECTIVE: 1.6,

@@ -1,0 +1,161 @@
+"""The C&W engine after the abort rules (issue 13) against its references:
+
+* `AbortRule.EXAMPLE` (the default) and `AbortRule.NONE` are the algorithm of the previous engine:
+  equal, at float tolerance, to that engine kept verbatim in tests/cw_reference.py;
+* `AbortRule.WINDOW` changes when a binary step ends: foolbox parity of success and median L2, and
+  the batch still couples no examples;
+* the stacked K-density path that C&W-wb's per-iteration term now takes equals the per-class path
+  and a float64 brute force, values and gradients.
+"""
+
+import math
+
+import pytest
+import torch
+
+import cw_reference
+from peers import import_foolbox
+from rcedetect.attacks import cw_l2, cw_l2_search, random_targets
+from rcedetect.detectors.kernel_density import KernelDensity
+from rcedetect.errors import InputError
+from rcedetect.names import AbortRule
+
+N = 8
+
+
+@pytest.fixture(scope="module")
+def batch(mnist_test):
+    return mnist_test.float_images(slice(200, 200 + N)), mnist_test.labels[200:200 + N].clone()
+
+
+@pytest.mark.parametrize("rule", [AbortRule.EXAMPLE, AbortRule.NONE])
+@pytest.mark.parametrize("targeted,kappa", [(True, 0.0), (False, 0.0), (True, 5.0)])
+def test_unchanged_rules_equal_the_previous_engine(tiny_models, batch, rule, targeted, kappa):
+    model = tiny_models["rce"].eval()
+    x, y = batch
+    labels = random_targets(y, 10, seed=4) if targeted else y
+    settings = dict(targeted=targeted, kappa=kappa, binary_search_steps=4, max_iters=40, lr=0.1, initial_const=1.0)
+    ours = cw_l2_search(model, x, labels, abort_rule=rule, **settings)
+    before = cw_reference.cw_l2_search(model, x, labels, abort_early=rule == AbortRule.EXAMPLE, **settings)
+    assert ours.found.any(), "the settings must give the comparison something to compare"
+    assert torch.equal(ours.found, before.found)
+    torch.testing.assert_close(ours.x_adv, before.x_adv, atol=1e-5, rtol=0)
+    torch.testing.assert_close(ours.l2, before.l2, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ours.const, before.const)
+
+
+def test_abort_early_false_is_rule_none(tiny_models, batch):
+    model = tiny_models["ce"].eval()
+    x, y = batch
+    settings = dict(targeted=False, binary_search_steps=2, max_iters=20, lr=0.1, initial_const=1.0)
+    a = cw_l2_search(model, x, y, abort_early=False, abort_rule=AbortRule.WINDOW, **settings)
+    b = cw_l2_search(model, x, y, abort_rule=AbortRule.NONE, **settings)
+    assert torch.equal(a.x_adv, b.x_adv) and torch.equal(a.found, b.found)
+
+
+def test_unknown_rule_is_refused(tiny_models, batch):
+    x, y = batch
+    with pytest.raises(InputError, match="unknown abort rule 'batch': choose one of none, example, window"):
+        cw_l2(tiny_models["ce"], x[:1], y[:1], max_iters=2, abort_rule="batch")
+
+
+def _iterations(model, x, labels, rule, settings):
+    rows = []
+
+    def count(x_adv, logits, features, idx):
+        rows.append(idx.numel())
+        return torch.zeros_like(logits[:, 0])
+
+    out = cw_l2_search(model, x, labels, abort_rule=rule, extra_loss=count, **settings)
+    return out, sum(rows)
+
+
+def test_window_rule_batch_equals_one_by_one(tiny_models, batch):
+    model = tiny_models["ce"].eval()
+    x, y = batch
+    x, target = x[:4], random_targets(y[:4], 10, seed=2)
+    settings = dict(targeted=True, binary_search_steps=2, max_iters=30, lr=0.3, initial_const=1.0)
+    together, rows = _iterations(model, x, target, AbortRule.WINDOW, settings)
+    assert rows < 4 * 2 * 30, "some example should have aborted early"
+    alone = [cw_l2_search(model, x[i:i + 1], target[i:i + 1], abort_rule=AbortRule.WINDOW, **settings)
+             for i in range(4)]
+    torch.testing.assert_close(together.x_adv, torch.cat([r.x_adv for r in alone]), atol=1e-4, rtol=0)
+    assert torch.equal(together.found, torch.cat([r.found for r in alone]))
+
+
+def test_window_rule_runs_between_the_instant_rule_and_none(tiny_models, batch):
+    """With lr 0.3 (an oscillating loss) the window rule runs longer than the instant rule and shorter
+    than no abort: what it is for. (Not an identity: both rules compare with their own last check.)"""
+    model = tiny_models["rce"].eval()
+    x, y = batch
+    target = random_targets(y, 10, seed=5)
+    settings = dict(targeted=True, binary_search_steps=3, max_iters=50, lr=0.3, initial_const=1.0)
+    counts = {rule: _iterations(model, x, target, rule, settings)[1] for rule in AbortRule}
+    assert counts[AbortRule.EXAMPLE] <= counts[AbortRule.WINDOW] <= counts[AbortRule.NONE] == N * 3 * 50, counts
+    assert counts[AbortRule.WINDOW] < counts[AbortRule.NONE], counts
+
+
+def test_window_rule_matches_foolbox(tiny_models, batch):
+    """foolbox aborts a step on the batch's summed loss; ours per example on the window's best loss:
+    a changed abort rule, so parity of success and median L2 (not of the examples)."""
+    fb = import_foolbox()
+    model = tiny_models["ce"].eval()
+    x, y = batch
+    target = random_targets(y, 10, seed=0)
+    bs, steps, lr, c0 = 3, 40, 0.2, 1.0
+    ours = cw_l2(model, x, target=target, binary_search_steps=bs, max_iters=steps, lr=lr, initial_const=c0,
+                 abort_rule=AbortRule.WINDOW)
+    attack = fb.attacks.L2CarliniWagnerAttack(binary_search_steps=bs, steps=steps, stepsize=lr, confidence=0.0,
+                                              initial_const=c0)
+    raw, _, _ = attack(fb.PyTorchModel(model, bounds=(0, 1)), x, fb.criteria.TargetedMisclassification(target),
+                       epsilons=None)
+    # foolbox returns an all-zero image where it found nothing (and a black image may well be
+    # "adversarial"): success is a found example that reaches the target.
+    their_success = (raw.flatten(1).abs().amax(1) > 0) & (model(raw).argmax(1) == target)
+    l2 = lambda a: (a - x).flatten(1).norm(dim=1)  # noqa: E731
+    our_rate, their_rate = ours.success.float().mean().item(), their_success.float().mean().item()
+    our_l2, their_l2 = l2(ours.x_adv)[ours.success].median().item(), l2(raw)[their_success].median().item()
+    print(f"window rule: success ours {our_rate:.3f} foolbox {their_rate:.3f}; median L2 ours {our_l2:.4f} "
+          f"foolbox {their_l2:.4f}")
+    assert our_rate >= 0.5, "the settings must give the comparison something to compare"
+    assert our_rate >= their_rate - 1 / N - 1e-9
+    assert our_l2 == pytest.approx(their_l2, rel=0.05)
+
+
+def test_stacked_kernel_density_equals_per_class_and_brute_force():
+    gen = torch.Generator().manual_seed(0)
+    feats, labels = torch.randn(600, 64, generator=gen), torch.arange(10).repeat(60)
+    kd = KernelDensity(1 / 0.26, n_per_class=40).fit(feats, labels, num_classes=10)
+    queries = (torch.randn(33, 64, generator=gen) * 0.3).requires_grad_(True)
+    classes = torch.randint(0, 10, (33,), generator=gen)
+    stacked = kd.log_density_for_class(queries, classes)  # autograd on: the stacked path
+    assert "stacked" in [key[0] for key in kd._cache], "the gradient call should take the stacked path"
+    (grad_stacked,) = torch.autograd.grad(stacked.sum(), queries)
+    q = queries.detach().requires_grad_(True)
+    per_class = torch.cat([kd._class_log_density(q[i:i + 1], kd._banks(q.device, q.dtype)[int(c)])
+                           for i, c in enumerate(classes)])
+    (grad_per_class,) = torch.autograd.grad(per_class.sum(), q)
+    torch.testing.assert_close(stacked, per_class, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(grad_stacked, grad_per_class, atol=1e-5, rtol=1e-4)
+    bank, bank_labels = kd.bank_.double(), torch.repeat_interleave(torch.arange(10), kd.bank_counts_)
+    brute = torch.stack([torch.logsumexp(-((queries[i].detach().double() - bank[bank_labels == c]) ** 2).sum(1)
+                                         * 0.26, 0) - math.log(40) for i, c in enumerate(classes.tolist())])
+    torch.testing.assert_close(stacked.detach().double(), brute, atol=1e-5, rtol=1e-6)
+
+
+def test_registry_and_cli_take_the_abort_rule(tiny_models, batch):
+    from rcedetect.attacks import ATTACKS
+    from rcedetect.cli import build_parser
+    from rcedetect.names import Attack
+
+    x, y = batch
+    spec = ATTACKS[Attack.CW]
+    assert "abort_rule" in spec.settings
+    settings = dict(binary_search_steps=1, max_iters=10, lr=0.1, initial_const=1.0)
+    a = spec(tiny_models["ce"], x[:2], y[:2], abort_rule="window", **settings)
+    b = cw_l2(tiny_models["ce"], x[:2], target=spec.targets(tiny_models["ce"], x[:2], y[:2]), abort_rule="window",
+              **settings)
+    assert torch.equal(a.x_adv, b.x_adv)
+    args = build_parser().parse_args(["attack", "ckpt", "--attack", "cw", "--out", "a.safetensors",
+                                      "--abort-rule", "window"])
+    assert args.abort_rule == "window"
