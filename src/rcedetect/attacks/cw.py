@@ -21,7 +21,7 @@ Speed (all of it from batching, none from changing the algorithm):
   (`AbortRule`) says which loss is compared: EXAMPLE (default) the loss at the check, as Carlini and
   foolbox do; WINDOW the best loss of any iterate since the last check. With a large lr (the quick
   presets' 0.1) the loss oscillates and an unlucky iterate at a check ends a step that still improves:
-  measured on the quick MNIST RCE model (benchmarks/RESULTS.md, "C&W engine"), EXAMPLE then runs ~40 %
+  measured on the quick MNIST RCE model (benchmarks/RESULTS.md, "C&W engine"), EXAMPLE then runs 24-40 %
   fewer iterations than foolbox's batch rule but a few % larger median L2, WINDOW sits between. NONE:
   every step runs max_iters (= abort_early=False). A per-example rule keeps each example's result
   independent of the batch it is in (the reproduction's chunks rely on that); foolbox's and Carlini's
