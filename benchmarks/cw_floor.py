@@ -13,8 +13,13 @@ engine's own overhead (the loss, the success bookkeeping, Adam) on top of the pa
 import argparse
 import sys
 import time
+from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from cw_matrix import floor_seconds  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -33,7 +38,6 @@ def main(argv=None) -> int:
     loaded = load_checkpoint(args.checkpoint)
     model = loaded.model.eval()
     data = load_dataset(loaded.config.dataset, "test", None)
-    params = list(model.parameters())
     print(f"{loaded.config.dataset} ResNet-{loaded.config.depth}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads; ms per image (best of {args.blocks} blocks of {args.reps})")
     print("batch  grad+NCHW  frozen+NCHW  grad+CL  frozen+CL  engine  engine/best")
@@ -44,16 +48,8 @@ def main(argv=None) -> int:
         target = random_targets(data.labels[:batch], model.num_classes, seed=0)
         for _ in range(args.blocks):
             for frozen, cl in variants:
-                for q in params:
-                    q.requires_grad_(not frozen)
-                xx = (x.contiguous(memory_format=torch.channels_last) if cl else x.clone()).requires_grad_(True)
-                torch.autograd.grad(model(xx).sum(), xx)
-                t0 = time.perf_counter()
-                for _ in range(args.reps):
-                    torch.autograd.grad(model(xx).sum(), xx)
-                variants[frozen, cl] = min(variants[frozen, cl], (time.perf_counter() - t0) / args.reps / batch)
-            for q in params:
-                q.requires_grad_(True)
+                seconds = floor_seconds(model, x, blocks=1, reps=args.reps, frozen=frozen, channels_last=cl)
+                variants[frozen, cl] = min(variants[frozen, cl], seconds)
             t0 = time.perf_counter()
             cw_l2_search(model, x, target, targeted=True, binary_search_steps=1, max_iters=args.engine_iters,
                          abort_early=False)

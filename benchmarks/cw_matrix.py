@@ -60,12 +60,14 @@ class Counting(torch.nn.Module):
         return self.inner(x)
 
 
-def floor_seconds(model, x, blocks=3, reps=5):
-    """Seconds per image of one forward+backward w.r.t. the input, weights frozen, at batch len(x)."""
+def floor_seconds(model, x, blocks=3, reps=5, *, frozen=True, channels_last=False):
+    """Seconds per image of one forward+backward w.r.t. the input at batch len(x) (best of `blocks`
+    blocks of `reps`); `frozen`: weights requiring no grad meanwhile; `channels_last`: input layout."""
     params = list(model.parameters())
+    before = [p.requires_grad for p in params]
     for p in params:
-        p.requires_grad_(False)
-    xx = x.clone().requires_grad_(True)
+        p.requires_grad_(not frozen)
+    xx = (x.contiguous(memory_format=torch.channels_last) if channels_last else x.clone()).requires_grad_(True)
     torch.autograd.grad(model(xx).sum(), xx)  # warm-up
     best = float("inf")
     for _ in range(blocks):
@@ -73,13 +75,14 @@ def floor_seconds(model, x, blocks=3, reps=5):
         for _ in range(reps):
             torch.autograd.grad(model(xx).sum(), xx)
         best = min(best, (time.perf_counter() - t0) / reps)
-    for p in params:
-        p.requires_grad_(True)
+    for p, requires_grad in zip(params, before):
+        p.requires_grad_(requires_grad)
     return best / x.shape[0]
 
 
 def run_one(spec: dict) -> dict:
     from rcedetect.attacks import cw_l2, random_targets
+    from rcedetect.attacks.cw import logit_margin
     from rcedetect.checkpoints import load_checkpoint
     from rcedetect.data import load_dataset
 
@@ -102,7 +105,7 @@ def run_one(spec: dict) -> dict:
                         lr=lr, initial_const=c0, abort_rule=impl[len("ours-"):], **kwargs)
             return out.x_adv, out.success
     elif impl == "foolbox":
-        from peers import import_foolbox
+        from peers import foolbox_found, import_foolbox
 
         fb = import_foolbox()
         fmodel = fb.PyTorchModel(counter, bounds=(0, 1))
@@ -112,8 +115,7 @@ def run_one(spec: dict) -> dict:
 
         def attack():
             raw, _, _ = peer(fmodel, x, criterion, epsilons=None)
-            found = raw.flatten(1).abs().amax(1) > 0
-            return torch.where(found[:, None, None, None], raw, x), None
+            return torch.where(foolbox_found(raw)[:, None, None, None], raw, x), None
     elif impl == "advertorch":
         from peers import import_advertorch
 
@@ -131,11 +133,7 @@ def run_one(spec: dict) -> dict:
     x_adv, success = attack()
     if success is None:  # the peers' flags: one forward pass, inside the timing
         with torch.no_grad():
-            logits = model(x_adv)
-        top2 = logits.topk(2, dim=1)
-        real = logits.gather(1, labels[:, None])[:, 0]
-        other = torch.where(top2.indices[:, 0] == labels, top2.values[:, 1], top2.values[:, 0])
-        margin = real - other if targeted else other - real
+            margin = logit_margin(model(x_adv), labels, targeted)
         success = (margin > kappa) & (x_adv != x).flatten(1).any(1)
     seconds = time.perf_counter() - t0
     rows = counter.rows

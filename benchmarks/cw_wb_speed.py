@@ -62,20 +62,17 @@ def per_iteration_ratio(model, kd, x, target, iters: int, repeats: int = 3) -> d
     once through the stacked path (now) and once through the per-class loop (before; forced by
     `STACKED_ELEMENTS = 0`). Best of `repeats`, interleaved."""
     from rcedetect.attacks.cw import cw_l2_search
-    from rcedetect.attacks.cw_wb import attack_bank, attack_eta
+    from rcedetect.attacks.cw_wb import attack_bank, attack_eta, f2_loss
     from rcedetect.detectors import kernel_density
 
     sub_kd, member = attack_bank(kd, 100, seed=0)
-    eta = attack_eta(kd, sub_kd, member).to(x.dtype)[target]
-
-    def f2(features, idx):
-        return (-sub_kd.log_density_for_class(features, target[idx]) - eta[idx]).clamp(min=0.0)
+    eta = attack_eta(kd, sub_kd, member).to(x.dtype)
 
     def extra_loss(x_adv, logits, features, idx):
-        return f2(features, idx)
+        return f2_loss(sub_kd, features, target[idx], eta)
 
     def extra_success(x_adv, logits, features, idx):
-        return f2(features, idx) <= 0
+        return f2_loss(sub_kd, features, target[idx], eta) <= 0
 
     settings = dict(targeted=True, binary_search_steps=1, max_iters=iters, lr=0.01, initial_const=1.0, abort_early=False)
     runs = {"plain": {}, "kd_stacked": dict(extra_loss=extra_loss, extra_success=extra_success),

@@ -28,7 +28,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from cw_matrix import floor_seconds  # noqa: E402
+from cw_matrix import BUDGETS, floor_seconds  # noqa: E402
 
 from rcedetect.models import resnet  # noqa: E402
 from rcedetect.names import Dataset, Preset  # noqa: E402
@@ -46,7 +46,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     runs = [json.loads(line) for line in Path(args.matrix).read_text().splitlines() if line.strip()]
     ours = [r for r in runs if r["impl"] == "ours-example"]
-    budget_rows = {"short": 3 * 100, "quick": 3 * 500, "quick-hc": 2 * 800, "paper-like": 9 * 1000}
+    budget_rows = {name: steps * iters for name, (steps, iters, _, _) in BUDGETS.items()}
     efficiency = statistics.median(r["efficiency"] for r in ours)
     # The short budget (100 iterations a step) rarely aborts; the longer budgets are the paper's kind.
     longer = [r for r in ours if r["budget"] != "short"] or ours

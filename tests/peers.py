@@ -23,6 +23,13 @@ def import_foolbox():
     return foolbox
 
 
+def foolbox_found(raw):
+    """(N,) bool: the examples foolbox's C&W found. It returns an all-zero image where it found none,
+    and its own success flag judges *that* image (a black image is often misclassified), so a found
+    example is one whose returned image is not all zeros."""
+    return raw.flatten(1).abs().amax(1) > 0
+
+
 def import_torchattacks():
     import torchattacks
 

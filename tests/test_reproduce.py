@@ -241,7 +241,6 @@ _NEW_SETTINGS = ("worst_case_n", "worst_case_metrics", "worst_case")
 
 def _adaptive_cost(settings) -> float:
     """The estimate of the two replaced `adaptive` cells, by their cost formula."""
-
     s = settings["adaptive_settings"]
     per_step = len(settings["adaptive_metrics"]) * sum(COSTS.pgd_method[m] for m in s["methods"]) + 1
     grads = settings["adaptive_n"] * sum(e > 0 for e in settings["adaptive_eps"]) * s["steps"] * s["restarts"] * per_step

@@ -243,7 +243,7 @@ def cw_wb(model, x: torch.Tensor, y: torch.Tensor, detector, *, target=None, kap
         sub_kd, member = attack_bank(kd, attack_bank_size, seed=seed)
         eta_attack = attack_eta(kd, sub_kd, member, leave_one_out=attack_eta_leave_one_out) if eta is None else _as_eta(eta, num_classes)
         sub_kd.to(device)
-        eta_rows = eta_attack.to(device=device, dtype=x.dtype)[target]
+        eta_device = eta_attack.to(device=device, dtype=x.dtype)  # once, not in every iteration's f2_loss
 
         # Phase 1: ordinary C&W-L2 to the target.
         p1 = cw_l2_search(model, x, target, targeted=True, kappa=float(kappa), lr=float(lr),
@@ -258,7 +258,7 @@ def cw_wb(model, x: torch.Tensor, y: torch.Tensor, detector, *, target=None, kap
         last = {}
 
         def extra_loss(x_adv, logits, features, idx):
-            f2 = (-sub_kd.log_density_for_class(features, target[idx]) - eta_rows[idx]).clamp(min=0.0)
+            f2 = f2_loss(sub_kd, features, target[idx], eta_device)
             last["idx"], last["f2"] = idx, f2.detach()
             return f2
 
@@ -266,7 +266,7 @@ def cw_wb(model, x: torch.Tensor, y: torch.Tensor, detector, *, target=None, kap
             if last.get("idx") is idx:
                 f2 = last["f2"]
             else:
-                f2 = (-sub_kd.log_density_for_class(features, target[idx]) - eta_rows[idx]).clamp(min=0.0)
+                f2 = f2_loss(sub_kd, features, target[idx], eta_device)
             fooled = logit_margin(logits, target[idx], True) > kappa
             better = fooled & (f2 < fallback_f2[idx])
             rows = idx[better]
