@@ -26,6 +26,7 @@ attack_speed.py counted those, which inflated foolbox's success at weak budgets)
 
 import argparse
 import json
+import math
 import os
 import platform
 import statistics
@@ -143,6 +144,8 @@ def run_one(spec: dict) -> dict:
             "success": success.float().mean().item(),
             "median_l2": l2[success].median().item() if success.any() else float("nan"),
             "mean_l2": l2[success].mean().item() if success.any() else float("nan"),
+            # per example (None where not found), for the paired comparison in render_paired
+            "l2_per_example": [v if ok else None for v, ok in zip(l2.tolist(), success.tolist())],
             "threads": torch.get_num_threads(), "torch": torch.__version__}
 
 
@@ -171,6 +174,41 @@ def render(records: list) -> str:
         peers = [runs[p]["seconds_per_example"] for p in ("foolbox", "advertorch") if p in runs]
         for ours in ("ours-example", "ours-window"):
             row.append(f"{min(peers) / runs[ours]['seconds_per_example']:.2f}×" if peers and ours in runs else "–")
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def paired_ratio(a: dict, b: dict) -> tuple:
+    """Geometric mean of L2(a) / L2(b) over the examples both runs found, and how many those are: the
+    same images and targets in both runs, so one example's luck does not move it as it moves a median."""
+    pairs = [(u, v) for u, v in zip(a["l2_per_example"], b["l2_per_example"]) if u is not None and v is not None
+             and v > 0]
+    if not pairs:
+        return float("nan"), 0
+    return math.exp(statistics.fmean(math.log(u / v) for u, v in pairs)), len(pairs)
+
+
+def render_paired(records: list) -> str:
+    """Markdown: per cell, each of ours against each peer as the paired L2 ratio (geometric mean over the
+    examples both found; 1.000 = equal, below = ours smaller), with foolbox / advertorch, the same
+    algorithm in two implementations, as the resolution of the comparison."""
+    cells = {}
+    for r in records:
+        if "l2_per_example" in r:
+            cells.setdefault((Path(r["checkpoint"]).name, r["goal"], r["kappa"], r["budget"], r["n"]), {})[r["impl"]] = r
+    pairs = [(o, p) for o in ("ours-example", "ours-window", "ours-none") for p in ("foolbox", "advertorch")]
+    pairs.append(("foolbox", "advertorch"))
+    present = [(o, p) for o, p in pairs if any(o in c and p in c for c in cells.values())]
+    head = ["model", "goal", "κ", "budget", "n"] + [f"{o} / {p}" for o, p in present]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for key, runs in cells.items():
+        row = [str(k) for k in key]
+        for o, p in present:
+            if o in runs and p in runs:
+                ratio, count = paired_ratio(runs[o], runs[p])
+                row.append(f"{ratio:.3f} ({count})")
+            else:
+                row.append("–")
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
 
@@ -218,7 +256,10 @@ def main(argv=None) -> int:
                                   f"median L2 {r['median_l2']:.4f} rows/ex {r['rows_per_example']:.0f} "
                                   f"floor {r['floor_seconds_per_image'] * 1e3:.2f} ms eff {r['efficiency']:.0%}",
                                   flush=True)
-    print(render([json.loads(line) for line in out.read_text().splitlines() if line.strip()]))
+    records = [json.loads(line) for line in out.read_text().splitlines() if line.strip()]
+    print(render(records))
+    if any("l2_per_example" in r for r in records):
+        print("\n" + render_paired(records))
     return 0
 
 

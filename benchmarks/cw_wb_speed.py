@@ -14,6 +14,11 @@
    seconds. If it finishes, the time is measured; if not, we print the elapsed time as a lower bound
    and an upper bound = (measured seconds per iteration) x (the iterations left if no example ever
    aborts early), both clearly labelled.
+`--preset quick|paper [--preset-n 16 --kappa 0]` instead measures C&W-wb exactly as the reproduction
+runs it (the preset's `cwwb_settings_for(kappa)`, `run_cw_wb`, random targets, one batch of
+`--preset-n` images): seconds per example, iterations executed per example against the budget's
+maximum, success. With `--full-cap` it stops there and prints the lower bound and the no-abort upper
+bound as above.
 The K-density detector is the one `rcedetect detect` fits beside the checkpoint (1000 per class).
 """
 
@@ -34,24 +39,26 @@ class _Deadline(Exception):
 
 
 class CountingModel(torch.nn.Module):
-    """Counts forward passes (= Adam iterations of the batch) and stops the run after `cap` seconds."""
+    """Counts forward passes (= Adam iterations of the batch) and their rows (one row = one example's
+    iteration), and stops the run after `cap` seconds."""
 
     def __init__(self, inner, cap=None):
         super().__init__()
-        self.inner, self.cap, self.calls, self.started = inner, cap, 0, time.perf_counter()
+        self.inner, self.cap, self.calls, self.rows, self.started = inner, cap, 0, 0, time.perf_counter()
         self.num_classes = inner.num_classes
 
-    def _tick(self):
+    def _tick(self, x):
         self.calls += 1
+        self.rows += x.shape[0]
         if self.cap is not None and time.perf_counter() - self.started > self.cap:
             raise _Deadline
 
     def forward(self, x):
-        self._tick()
+        self._tick(x)
         return self.inner(x)
 
     def forward_features(self, x):
-        self._tick()
+        self._tick(x)
         return self.inner.forward_features(x)
 
 
@@ -91,6 +98,35 @@ def per_iteration_ratio(model, kd, x, target, iters: int, repeats: int = 3) -> d
             "ratio_kd_per_class_over_plain": best["kd_per_class"] / best["plain"]}
 
 
+def preset_budget(args, loaded, model, kd, data, report) -> int:
+    """C&W-wb at a preset's budget, as the reproduction runs it (module docstring)."""
+    from rcedetect.reproduce.presets import get_preset
+
+    settings = get_preset(loaded.config.dataset, args.preset).cwwb_settings_for(args.kappa)
+    lo, n = args.start, args.preset_n
+    x, y = data.float_images(slice(lo, lo + n)), data.labels[lo:lo + n]
+    counter = CountingModel(model, cap=args.full_cap if args.preset == "paper" else None)
+    phase1 = settings.get("phase1_binary_search_steps", 1) * settings.get("phase1_max_iters", 0)
+    max_rows = phase1 + settings["binary_search_steps"] * settings["max_iters"]
+    t0 = time.perf_counter()
+    try:
+        res = run_cw_wb(counter, kd, x, y, kappa=args.kappa, seed=0, start=lo, **settings)
+        finished = True
+    except _Deadline:
+        finished = False
+    elapsed = time.perf_counter() - t0
+    entry = {"preset": args.preset, "kappa": args.kappa, "settings": settings, "n": n, "finished": finished,
+             "seconds": elapsed, "rows_per_example": counter.rows / n, "max_rows_per_example": max_rows}
+    if finished:
+        entry.update(seconds_per_example=elapsed / n, success_percent=100 * float(res.success.float().mean()),
+                     fooled_percent=100 * float(res.fooled.float().mean()))
+    else:
+        entry.update(seconds_per_example_lower_bound=elapsed / n,
+                     seconds_per_example_upper_bound_extrapolated=elapsed / max(counter.rows, 1) * max_rows)
+    print(json.dumps({**report, **entry}), flush=True)
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("checkpoint")
@@ -103,6 +139,9 @@ def main(argv=None) -> int:
     parser.add_argument("--data-dir", default=None, help="dataset folder (default: $RCEDETECT_DATA_DIR)")
     parser.add_argument("--ratio-iters", type=int, default=30, help="iterations of the per-iteration comparison")
     parser.add_argument("--iteration-only", action="store_true", help="stop after the per-iteration comparison")
+    parser.add_argument("--preset", choices=["quick", "paper"], help="measure at this preset's C&W-wb budget only")
+    parser.add_argument("--preset-n", type=int, default=16, help="images (one batch) for --preset")
+    parser.add_argument("--kappa", type=float, default=0.0, help="C&W-wb margin for --preset")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -133,6 +172,8 @@ def main(argv=None) -> int:
                 torch.autograd.grad(out.logits.sum() + out.features.sum(), xb)
         return (time.perf_counter() - t0) / repeats
 
+    if args.preset:
+        return preset_budget(args, loaded, model, kd, data, report)
     report["iteration_seconds"] = {str(b): iteration_seconds(b) for b in sorted({1, args.n_small})}
     print(json.dumps(report, indent=2), flush=True)
     report["per_iteration"] = per_iteration_ratio(model, kd, x[:args.n_small], target[:args.n_small], args.ratio_iters)

@@ -147,7 +147,8 @@ class AbortRule(Name):
 
     NONE = "none"        # never: every step runs max_iters iterations
     EXAMPLE = "example"  # per example, on the loss at the check: no progress of 0.01 % since the last check
-    WINDOW = "window"    # per example, on the best loss of the window: no iterate since the last check beat the best by 0.01 %
+    WINDOW = "window"    # per example, on the best loss of the window: no iterate since the last check beat the best by 0.01 %;
+    #                      checks at least 50 iterations apart (cw.WINDOW_MIN_CHECK)
 
 
 class TargetRule(Name):

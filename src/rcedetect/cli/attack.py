@@ -77,7 +77,8 @@ def register(subparsers) -> None:
                        help="C&W: run every iteration even when the loss has stopped improving")
     group.add_argument("--abort-rule", choices=AbortRule.choices(),
                        help="C&W: when a binary step ends early: example (default: the loss at the check, per "
-                            "example), window (the best loss since the last check; for large lr), none")
+                            "example), window (the best loss since the last check, checks >= 50 iterations apart; for "
+                            "large lr), none")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bar")
     add_device_argument(parser)
     add_data_dir_argument(parser)
