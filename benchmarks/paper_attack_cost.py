@@ -5,8 +5,9 @@
 Inputs, all measured: (1) the forward+backward floor w.r.t. the input per image at the paper preset's
 attack batch (`--batch`, its chunk of 100), on a ResNet-32 of each dataset's input shape (the cost
 does not depend on the weights, so untrained models serve), measured here; (2) from the C&W matrix
-(benchmarks/cw_matrix.py JSON lines, ours with the default abort rule): the engine's efficiency
-(rows x floor / seconds) and the fraction of the iteration budget its early abort used. The paper
+(benchmarks/cw_matrix.py JSON lines, ours with the default abort rule, `cw.DEFAULT_ABORT_RULE`): the
+engine's efficiency (rows x floor / seconds) and the fraction of the iteration budget its early abort
+used. The paper
 preset's cells are then priced by the reproduction's own cost model (`reproduce.costs.CostModel`)
 with those numbers in place of its defaults: C&W, C&W-hc (Table 2), appendix Figure 4 (fixed c) and
 C&W-wb / C&W-wb-hc (Table 3).
@@ -31,8 +32,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from cw_matrix import BUDGETS, floor_seconds  # noqa: E402
 
+from rcedetect.attacks.cw import DEFAULT_ABORT_RULE  # noqa: E402
 from rcedetect.models import resnet  # noqa: E402
-from rcedetect.names import Dataset, Preset  # noqa: E402
+from rcedetect.names import AbortRule, Dataset, Preset  # noqa: E402
 from rcedetect.reproduce.costs import COSTS  # noqa: E402
 from rcedetect.reproduce.run import Reproduction  # noqa: E402
 
@@ -46,7 +48,8 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="/tmp/paper_attack_cost")
     args = p.parse_args(argv)
     runs = [json.loads(line) for line in Path(args.matrix).read_text().splitlines() if line.strip()]
-    ours = [r for r in runs if r["impl"] == "ours-example"]
+    rule = AbortRule.coerce(DEFAULT_ABORT_RULE)
+    ours = [r for r in runs if r["impl"] == f"ours-{rule.value}"]
     budget_rows = {name: steps * iters for name, (steps, iters, _, _) in BUDGETS.items()}
     efficiency = statistics.median(r["efficiency"] for r in ours)
     # The abort fraction from the runs closest to the paper's steps: the paper-like budget (lr 0.01,
@@ -62,12 +65,14 @@ def main(argv=None) -> int:
         floors[dataset] = floor_seconds(model, x)
     print(f"measured: floor at batch {args.batch}: MNIST {floors[Dataset.MNIST] * 1e3:.2f} ms, CIFAR-10 "
           f"{floors[Dataset.CIFAR10] * 1e3:.2f} ms per image (ResNet-32 forward+backward w.r.t. the input); "
-          f"engine efficiency {efficiency:.0%} (median of {len(ours)} matrix runs) and abort fraction {fraction:.2f} "
+          f"engine efficiency {efficiency:.0%} (median of {len(ours)} matrix runs of ours-{rule.value}) and abort "
+          f"fraction {fraction:.2f} "
           f"(median of {len(longer)} runs at the {'/'.join(sorted({r['budget'] for r in longer}))} budget)")
     # Gradient unit = the floor; a C&W iteration costs 1/efficiency of it; the early abort keeps `fraction`.
     for dataset in floors:
         costs = dataclasses.replace(COSTS, grad=floors[dataset], dataset_factor={Dataset.MNIST: 1.0, Dataset.CIFAR10: 1.0},
-                                    cw_iteration=1 / efficiency, early_abort=fraction)
+                                    cw_iteration=1 / efficiency,
+                                    abort_fraction={**COSTS.abort_fraction, rule: fraction})
         run = Reproduction(dataset, Preset.PAPER, Path(args.out) / str(dataset), costs=costs)
         started = time.perf_counter()
         cells = [c for c in run.cells() if c.name.startswith(CW_CELLS)]

@@ -1,9 +1,10 @@
 """The C&W engine after the abort rules (issue 13) against its references:
 
-* `AbortRule.EXAMPLE` (the default) and `AbortRule.NONE` are the algorithm of the previous engine:
-  equal, at float tolerance, to that engine kept verbatim in tests/cw_reference.py;
-* `AbortRule.WINDOW` changes when a binary step ends: foolbox parity of success and median L2, and
-  the batch still couples no examples;
+* `AbortRule.EXAMPLE` and `AbortRule.NONE` are the algorithm of the previous engine: equal, at float
+  tolerance, to that engine kept verbatim in tests/cw_reference.py;
+* `AbortRule.WINDOW` (the default) changes when a binary step ends: foolbox parity of success and
+  median L2, and the batch still couples no examples; every C&W-family entry point and the cost model
+  take the rule;
 * the stacked K-density path that C&W-wb's per-iteration term now takes equals the per-class path
   and a float64 brute force, values and gradients.
 """
@@ -67,7 +68,8 @@ def _iterations(model, x, labels, rule, settings):
         rows.append(idx.numel())
         return torch.zeros_like(logits[:, 0])
 
-    out = cw_l2_search(model, x, labels, abort_rule=rule, extra_loss=count, **settings)
+    rule = {} if rule is None else {"abort_rule": rule}  # None: the default
+    out = cw_l2_search(model, x, labels, extra_loss=count, **rule, **settings)
     return out, sum(rows)
 
 
@@ -172,10 +174,69 @@ def test_registry_and_cli_take_the_abort_rule(tiny_models, batch):
     spec = ATTACKS[Attack.CW]
     assert "abort_rule" in spec.settings
     settings = dict(binary_search_steps=1, max_iters=10, lr=0.1, initial_const=1.0)
-    a = spec(tiny_models["ce"], x[:2], y[:2], abort_rule="window", **settings)
-    b = cw_l2(tiny_models["ce"], x[:2], target=spec.targets(tiny_models["ce"], x[:2], y[:2]), abort_rule="window",
+    a = spec(tiny_models["ce"], x[:2], y[:2], abort_rule="example", **settings)
+    b = cw_l2(tiny_models["ce"], x[:2], target=spec.targets(tiny_models["ce"], x[:2], y[:2]), abort_rule="example",
               **settings)
     assert torch.equal(a.x_adv, b.x_adv)
     args = build_parser().parse_args(["attack", "ckpt", "--attack", "cw", "--out", "a.safetensors",
-                                      "--abort-rule", "window"])
-    assert args.abort_rule == "window"
+                                      "--abort-rule", "example"])
+    assert args.abort_rule == "example"
+    # The same option reaches C&W-wb's keywords (and an unknown rule is refused at the edge).
+    from rcedetect.cli import _threat_models
+    from rcedetect.cli import attack as attack_cli
+    from rcedetect.cli._common import chosen_settings
+
+    wb = chosen_settings(args, Attack.CW_WB, (attack_cli.SETTINGS, _threat_models.SETTINGS))
+    assert wb == {"abort_rule": "example"}
+
+
+def test_window_is_the_default_rule(tiny_models, batch):
+    """Without `abort_rule`, C&W runs WINDOW (which here ends steps, so EXAMPLE gives other iterations)."""
+    model = tiny_models["rce"].eval()
+    x, y = batch
+    settings = dict(targeted=False, binary_search_steps=2, max_iters=200, lr=0.3, initial_const=1.0)
+    default, window = _iterations(model, x, y, None, settings), _iterations(model, x, y, AbortRule.WINDOW, settings)
+    example = _iterations(model, x, y, AbortRule.EXAMPLE, settings)
+    assert default[1] == window[1] and torch.equal(default[0].x_adv, window[0].x_adv)
+    assert example[1] != window[1] and window[1] < N * 2 * 200
+
+
+@pytest.mark.parametrize("rule", list(AbortRule))
+def test_cw_wb_and_the_detector_attack_pass_the_rule_to_both_phases(tiny_models, batch, monkeypatch, rule):
+    import importlib
+
+    cw_wb_module = importlib.import_module("rcedetect.attacks.cw_wb")  # the module (the package exports the function)
+    from rcedetect.detectors import ConfidenceMetric, ThresholdDetector, collect_outputs
+
+    seen = []
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["abort_rule"])
+        return cw_l2_search(*args, **kwargs)
+
+    monkeypatch.setattr(cw_wb_module, "cw_l2_search", spy)
+    model = tiny_models["ce"].eval()
+    x, y = batch
+    outputs = collect_outputs(model, x)
+    # Plumbing only: a two-point bank per class, on noise images.
+    bank = collect_outputs(model, torch.rand(20, *x.shape[1:], generator=torch.Generator().manual_seed(0)))
+    kd = KernelDensity.for_objective("ce", n_per_class=2, seed=0).fit(bank, torch.arange(10).repeat(2))
+    budget = dict(binary_search_steps=1, max_iters=2, lr=0.1, initial_const=1.0)
+    target = (y[:2] + 1) % 10
+    cw_wb_module.cw_wb(model, x[:2], y[:2], kd, target=target, attack_bank_size=2, abort_rule=rule, **budget)
+    detector = ThresholdDetector(ConfidenceMetric(), fpr=0.1).fit(calibration=outputs)
+    cw_wb_module.cw_l2_detector(model, x[:2], y[:2], detector, abort_rule=rule, **budget)
+    assert seen == [rule] * 3
+
+
+def test_cost_model_prices_each_rule_by_its_measured_fraction():
+    from rcedetect.reproduce.costs import COSTS
+
+    budget = {"binary_search_steps": 3, "max_iters": 500}
+    price = {rule: COSTS.cw_gradients({**budget, "abort_rule": rule.value}) for rule in AbortRule}
+    assert price[AbortRule.EXAMPLE] < price[AbortRule.WINDOW] < price[AbortRule.NONE]
+    assert price[AbortRule.NONE] == pytest.approx(1500 * COSTS.cw_iteration)
+    assert COSTS.cw_gradients(budget) == price[AbortRule.WINDOW]  # the default rule
+    assert COSTS.cw_gradients({**budget, "abort_early": False}) == price[AbortRule.NONE]
+    wb = {**budget, "phase1_binary_search_steps": 1, "abort_rule": "example"}
+    assert COSTS.cwwb_gradients(wb) == pytest.approx(price[AbortRule.EXAMPLE] * 4 / 3)

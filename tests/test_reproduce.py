@@ -16,7 +16,7 @@ import torch
 from rcedetect.attacks import ATTACKS
 from rcedetect.cli import main
 from rcedetect.errors import InputError
-from rcedetect.names import Attack
+from rcedetect.names import AbortRule, Attack
 from rcedetect.reproduce import Reproduction, render_report, schema
 from rcedetect.reproduce.costs import COSTS
 from rcedetect.reproduce.figures import FIGURES
@@ -247,19 +247,27 @@ def _adaptive_cost(settings) -> float:
     return 2 * (COSTS.gradients(settings["dataset"], settings["depths"][0], grads) + 1)
 
 
+# The C&W abort rule of the fixture's time (the per-example check on the loss at the check; WINDOW is
+# the default since issue 13's matrix).
+LEGACY_ABORT = {"abort_rule": "example"}
+
+
 def _legacy_toy(dataset):
-    """The toy preset with the protocol rcedetect used before it followed the authors' code: pairwise
+    """The toy preset with the protocol rcedetect used before it followed the authors' code: the EXAMPLE
+    C&W abort rule, pairwise
     JSMA towards random classes (5 pair iterations, gamma 1, theta 0.16), C&W-wb as one 1 x 10 budget for both
     phases with L2 from the clean image and a leave-one-out attack eta, no kappa-5 overrides. Every
     one of these stays available as an option, and with them the cells must equal the fixture."""
     from rcedetect.reproduce.presets import toy
 
     p = toy(dataset)
-    settings = {**p.attack_settings, "jsma": {"max_iters": 5, "gamma": 1.0, "mode": "pair", "targets": "random"}}
+    settings = {**p.attack_settings, "jsma": {"max_iters": 5, "gamma": 1.0, "mode": "pair", "targets": "random"},
+                "cw": {**p.attack_settings["cw"], **LEGACY_ABORT}, "cw-hc": {**p.attack_settings["cw-hc"], **LEGACY_ABORT}}
     return dataclasses.replace(
         p, attack_settings=settings, cwwb_hc_settings={}, eps={**p.eps, "jsma": 0.16},
+        cw_fixed_settings={**p.cw_fixed_settings, **LEGACY_ABORT},
         cwwb_settings={"binary_search_steps": 1, "max_iters": 10, "initial_const": 1.0, "attack_bank_size": 10,
-                       "l2_from": "clean", "attack_eta_leave_one_out": True})
+                       "l2_from": "clean", "attack_eta_leave_one_out": True, **LEGACY_ABORT})
 
 
 def _old_spelling(name: str, part: str, data: dict) -> dict:
@@ -276,7 +284,11 @@ def _old_spelling(name: str, part: str, data: dict) -> dict:
             settings.pop(key, None)
 
     def cwwb(settings):
-        for key in ("l2_from", "attack_eta_leave_one_out"):
+        for key in ("l2_from", "attack_eta_leave_one_out", *LEGACY_ABORT):
+            settings.pop(key, None)
+
+    def cw(settings):
+        for key in LEGACY_ABORT:
             settings.pop(key, None)
 
     def drop_precision(node):  # model configs: float32 training, the paper's schedule, no holdout: all there was
@@ -304,6 +316,8 @@ def _old_spelling(name: str, part: str, data: dict) -> dict:
         for run in out["runs"]:
             jsma(run["settings"])
             run["settings"]["theta"], run["eps"] = run["eps"], None
+    elif name.startswith(("table2.cw.", "table2.cw-hc.", "cwc.")) and "settings" in out:
+        cw(out["settings"])
     elif name.startswith("table3."):
         cwwb(out["settings"])
         if part == "result":
@@ -342,16 +356,22 @@ def test_toy_cells_equal_the_cells_computed_before_the_restructuring(legacy_toy_
     before["run"]["settings"] = {k: v for k, v in before["run"]["settings"].items() if k not in _REPLACED_SETTINGS}
     replaced = {n: c for n, c in before["cells"].items() if schema.kind(n) in _REPLACED_KINDS}
     before["cells"] = {n: c for n, c in before["cells"].items() if n not in replaced}
-    for key in ("l2_from", "attack_eta_leave_one_out"):
+    for key in ("l2_from", "attack_eta_leave_one_out", *LEGACY_ABORT):
         settings["cwwb_settings"].pop(key)
+    for key in LEGACY_ABORT:
+        for cw_settings in (settings["attack_settings"]["cw"], settings["attack_settings"]["cw-hc"],
+                            settings["cw_fixed_settings"]):
+            cw_settings.pop(key)
     for key in ("mode", "targets"):
         settings["attack_settings"]["jsma"].pop(key)
     assert settings == before["run"]["settings"]
     # The estimate is a sum of float products whose association order changed (cost model): ulps. The
-    # fixture was priced with the C&W constants before issue 13's measurement (1.5 units, 0.6 abort).
+    # fixture was priced with the C&W constants before issue 13's measurement (1.5 units, 0.6 abort
+    # fraction for the rule it ran, EXAMPLE).
     assert info["estimated_quiet_cpu_seconds"] == pytest.approx(sum(c.cost for c in legacy_toy_run.cells()), rel=1e-12)
     then = copy.copy(legacy_toy_run)
-    then.costs = dataclasses.replace(COSTS, cw_iteration=1.5, early_abort=0.6)
+    then.costs = dataclasses.replace(COSTS, cw_iteration=1.5,
+                                     abort_fraction={**COSTS.abort_fraction, AbortRule.EXAMPLE: 0.6})
     cells_then = then.cells()
     added = sum(c.cost for c in cells_then if schema.kind(c.name) in _NEW_KINDS)
     assert sum(c.cost for c in cells_then) - added == pytest.approx(

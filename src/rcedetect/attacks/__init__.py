@@ -7,7 +7,7 @@ Each attack is a plain function over a batch returning `AttackResult(x_adv, succ
     ilcm(model, x, *, eps, steps=10, step_size=None)            L-inf, towards the least-likely class
     jsma(model, x, target, *, theta=1.0, gamma=None, max_iters=100, mode="single")   L0, saliency map
     cw_l2(model, x, y=None, *, target=None, kappa=0.0, binary_search_steps=9, max_iters=10000,
-          lr=1e-2, initial_const=1e-3, abort_early=True, abort_rule="example")   L2; C&W-hc is kappa=10
+          lr=1e-2, initial_const=1e-3, abort_early=True, abort_rule="window")    L2; C&W-hc is kappa=10
     random_noise(x, *, eps, seed)                               the RAND noisy examples
 
 `ATTACKS` maps each `Attack` (string lookups work: members are their strings) to an `AttackSpec`

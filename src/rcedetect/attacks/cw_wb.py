@@ -53,7 +53,8 @@ import torch
 
 from ..detectors.kernel_density import DEFAULT_CHUNK_SIZE, KernelDensity
 from ..errors import InputError
-from .cw import cw_l2_search, logit_margin
+from ..names import AbortRule
+from .cw import DEFAULT_ABORT_RULE, cw_l2_search, logit_margin
 from .result import check_images, check_labels, check_positive, eval_mode, num_classes_of, random_targets
 
 L2_REFERENCES = ("clean", "phase1")
@@ -188,7 +189,8 @@ def cw_wb(model, x: torch.Tensor, y: torch.Tensor, detector, *, target=None, kap
           attack_bank_size: int = 100, eta=None, l2_from: str = "clean", binary_search_steps: int = 9,
           max_iters: int = 10000, lr: float = 1e-2, initial_const: float = 1.0, phase1_binary_search_steps=None,
           phase1_max_iters=None, phase1_initial_const=None, abort_early: bool = True,
-          attack_eta_leave_one_out: bool = False, seed: int = 0, start: int = 0, progress: bool = False) -> CWWBResult:
+          abort_rule=DEFAULT_ABORT_RULE, attack_eta_leave_one_out: bool = False, seed: int = 0, start: int = 0,
+          progress: bool = False) -> CWWBResult:
     """C&W-wb (Carlini & Wagner 2017b; Pang et al. 2018 section 4.4) on images `x` (N, C, H, W) in [0, 1].
 
     Args:
@@ -204,7 +206,7 @@ def cw_wb(model, x: torch.Tensor, y: torch.Tensor, detector, *, target=None, kap
         l2_from: "clean" (default) or "phase1" (the authors' code): where phase 2 measures L2 from.
         binary_search_steps, max_iters, lr, initial_const: C&W settings of phase 2 (and of phase 1
             unless `phase1_*` are given).
-        abort_early: per-example early abort of `cw_l2_search`.
+        abort_early, abort_rule: per-example early abort of `cw_l2_search` (both phases).
         attack_eta_leave_one_out: leave the self-kernel of attack-bank members out of the attack eta
             (default False: kept, as the authors' `median_for_attack.m`).
     Returns `CWWBResult` (x_adv, success, f2, fooled, phase1_success, f2_attack, target).
@@ -214,6 +216,7 @@ def cw_wb(model, x: torch.Tensor, y: torch.Tensor, detector, *, target=None, kap
     for name, value in (("binary_search_steps", binary_search_steps), ("max_iters", max_iters), ("lr", lr),
                         ("initial_const", initial_const)):
         check_positive(value, name)
+    abort_rule = AbortRule.coerce(abort_rule, "abort rule")
     if l2_from not in L2_REFERENCES:
         raise InputError(f"l2_from must be one of {', '.join(L2_REFERENCES)}, got {l2_from!r}")
     phase1 = {
@@ -247,7 +250,7 @@ def cw_wb(model, x: torch.Tensor, y: torch.Tensor, detector, *, target=None, kap
 
         # Phase 1: ordinary C&W-L2 to the target.
         p1 = cw_l2_search(model, x, target, targeted=True, kappa=float(kappa), lr=float(lr),
-                          abort_early=abort_early, progress=progress, **phase1)
+                          abort_early=abort_early, abort_rule=abort_rule, progress=progress, **phase1)
 
         # Phase 2, from x1 with the K-density term. The loss callback stores its f2 so the success
         # callback of the same iteration (same points, same rows `idx`) need not recompute it; the
@@ -276,7 +279,8 @@ def cw_wb(model, x: torch.Tensor, y: torch.Tensor, detector, *, target=None, kap
 
         p2 = cw_l2_search(model, x, target, targeted=True, kappa=float(kappa),
                           binary_search_steps=int(binary_search_steps), max_iters=int(max_iters), lr=float(lr),
-                          initial_const=float(initial_const), abort_early=abort_early, x_start=p1.x_adv,
+                          initial_const=float(initial_const), abort_early=abort_early, abort_rule=abort_rule,
+                          x_start=p1.x_adv,
                           x_ref=x if l2_from == "clean" else p1.x_adv, extra_loss=extra_loss,
                           extra_success=extra_success, progress=progress)
         x_adv = torch.where(p2.found.view(-1, *([1] * (x.dim() - 1))), p2.x_adv, fallback_x)
@@ -305,7 +309,8 @@ class CWDetectorResult(NamedTuple):
 
 def cw_l2_detector(model, x: torch.Tensor, y: torch.Tensor, detector, *, kappa: float = 0.0,
                    binary_search_steps: int = 9, max_iters: int = 10000, lr: float = 1e-2,
-                   initial_const: float = 1.0, abort_early: bool = True, progress: bool = False) -> CWDetectorResult:
+                   initial_const: float = 1.0, abort_early: bool = True, abort_rule=DEFAULT_ABORT_RULE,
+                   progress: bool = False) -> CWDetectorResult:
     """C&W-wb generalised to any differentiable detector score: untargeted C&W-L2 with the detector's
     hinge inside the c-weighted term (Carlini & Wagner 2017b's loss; Pang et al. 2018's C&W-wb is the
     K-density case with a target class),
@@ -326,6 +331,7 @@ def cw_l2_detector(model, x: torch.Tensor, y: torch.Tensor, detector, *, kappa: 
     for name, value in (("binary_search_steps", binary_search_steps), ("max_iters", max_iters), ("lr", lr),
                         ("initial_const", initial_const)):
         check_positive(value, name)
+    abort_rule = AbortRule.coerce(abort_rule, "abort rule")
     if not hasattr(detector, "threshold_") or not hasattr(detector, "score_samples"):
         raise InputError("detector must be a fitted ThresholdDetector (score_samples and threshold_): "
                          "fit it with ThresholdDetector(metric).fit(..., calibration=clean_outputs)")
@@ -343,8 +349,8 @@ def cw_l2_detector(model, x: torch.Tensor, y: torch.Tensor, detector, *, kappa: 
 
         out = cw_l2_search(model, x, y, targeted=False, kappa=float(kappa), binary_search_steps=int(binary_search_steps),
                            max_iters=int(max_iters), lr=float(lr), initial_const=float(initial_const),
-                           abort_early=abort_early, extra_loss=extra_loss, extra_success=extra_success,
-                           progress=progress)
+                           abort_early=abort_early, abort_rule=abort_rule, extra_loss=extra_loss,
+                           extra_success=extra_success, progress=progress)
         with torch.no_grad():
             res = model.forward_features(out.x_adv)
             score = detector.score_samples(res)

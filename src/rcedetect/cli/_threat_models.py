@@ -30,6 +30,7 @@ SETTINGS = MappingProxyType({
     "lr": ("lr", _CW_WB),
     "initial_const": ("initial_const", _CW_WB),
     "abort_early": ("abort_early", _CW_WB),
+    "abort_rule": ("abort_rule", _CW_WB),
     "kappa": ("kappa", _CW_WB),
     "attack_bank_size": ("attack_bank_size", _CW_WB),
     "l2_from": ("l2_from", _CW_WB),

@@ -76,9 +76,9 @@ def register(subparsers) -> None:
     group.add_argument("--no-abort-early", dest="abort_early", action="store_const", const=False, default=None,
                        help="C&W: run every iteration even when the loss has stopped improving")
     group.add_argument("--abort-rule", choices=AbortRule.choices(),
-                       help="C&W: when a binary step ends early: example (default: the loss at the check, per "
-                            "example), window (the best loss since the last check, checks >= 50 iterations apart; for "
-                            "large lr), none")
+                       help="C&W family (cw, cw-hc, cw-wb, cw-wb-hc): when a binary step ends early, per example: window (default: the best loss since the last "
+                            "check, checks >= 50 iterations apart), example (the loss at the check, as Carlini; fewer "
+                            "iterations, a few %% more L2 at large lr), none")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bar")
     add_device_argument(parser)
     add_data_dir_argument(parser)

@@ -106,7 +106,7 @@ def run_cw_wb(model, detector, x: torch.Tensor, y: torch.Tensor, *, kappa: float
 
     `target`: classes to reach (N,) instead of the random ones. `callback(done, batch_result)` is
     called after each batch (progress). `attack_settings` are `cw_wb`'s keywords (max_iters,
-    binary_search_steps, lr, initial_const, attack_bank_size, l2_from, abort_early, phase1_*, eta);
+    binary_search_steps, lr, initial_const, attack_bank_size, l2_from, abort_early, abort_rule, phase1_*, eta);
     unknown ones are an InputError. Returns one `CWWBResult` for all of `x`, on x's device.
     """
     _check_batch(x, y)

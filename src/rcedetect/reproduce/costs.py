@@ -10,7 +10,8 @@ these units; the ETA shown while running adapts to the machine's real speed.
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from ..names import Attack, Dataset, PGDMethod, Precision
+from ..attacks.cw import DEFAULT_ABORT_RULE
+from ..names import AbortRule, Attack, Dataset, PGDMethod, Precision
 
 
 def _frozen(mapping) -> MappingProxyType:
@@ -29,11 +30,16 @@ class CostModel:
     # Training step in bfloat16 mixed precision vs float32 (config.QUICK_PRECISION's measurement).
     bf16_train_speedup: MappingProxyType = field(default_factory=lambda: _frozen({Dataset.MNIST: 1.44,
                                                                                  Dataset.CIFAR10: 1.79}))
-    # C&W (benchmarks/cw_matrix.py, quick MNIST RCE model, 2026-12-02, RESULTS.md "C&W engine"): with
-    # the default per-example abort an example used 54-79 % of the quick budgets' iterations (median
-    # 61 %); one iteration costs the forward+backward floor / the engine's efficiency (median 86 %),
-    # the floor being 2.6-3.4 ms per image at batches 36-100 here, i.e. ~1.7-2.1x `grad`: 1.9.
-    early_abort: float = 0.61  # fraction of a C&W budget an example uses on average with per-example early abort
+    # C&W (benchmarks/cw_matrix.py, quick MNIST models, RESULTS.md "C&W engine"): the fraction of a
+    # budget's iterations an example runs, per abort rule (`AbortRule`), the median over the matrix's
+    # quick-budget runs (3 x 500, 2 x 800 at lr 0.1; cw_matrix_2026-12-03.jsonl): EXAMPLE 0.55-0.64,
+    # WINDOW 0.84-0.89 (at the paper-like 9 x 1 000, lr 0.01 both ~0.76: benchmarks/paper_attack_cost.py
+    # uses that one for the paper preset). One iteration costs the forward+backward floor / the engine's
+    # efficiency (median 86 %), the floor being 2.6-3.4 ms per image at batches 36-100 here, i.e.
+    # ~1.7-2.1x `grad`: 1.9.
+    abort_fraction: MappingProxyType = field(default_factory=lambda: _frozen({AbortRule.NONE: 1.0,
+                                                                             AbortRule.EXAMPLE: 0.60,
+                                                                             AbortRule.WINDOW: 0.88}))
     # Gradient-equivalents of one JSMA pair iteration and one C&W iteration (extra bookkeeping per step).
     jsma_iteration: float = 1.2
     cw_iteration: float = 1.9
@@ -64,13 +70,15 @@ class CostModel:
         return steps * self.unit("train_step", dataset, depth) * batch_size / 128 / speedup
 
     def cw_gradients(self, settings) -> float:
-        """Gradient-equivalents per image of a C&W run with `settings` (early abort included)."""
-        return (settings.get("binary_search_steps", 9) * settings.get("max_iters", 1000) * self.early_abort
+        """Gradient-equivalents per image of a C&W run with `settings` (its abort rule's fraction included)."""
+        rule = (AbortRule.coerce(settings.get("abort_rule", DEFAULT_ABORT_RULE), "abort rule")
+                if settings.get("abort_early", True) else AbortRule.NONE)
+        return (settings.get("binary_search_steps", 9) * settings.get("max_iters", 1000) * self.abort_fraction[rule]
                 * self.cw_iteration)
 
     def cwwb_gradients(self, settings) -> float:
         """Gradient-equivalents per image of C&W-wb: phase 1 (its `phase1_*` budget, else the same) + phase 2."""
-        phase1 = {"binary_search_steps": settings.get("phase1_binary_search_steps",
+        phase1 = {**settings, "binary_search_steps": settings.get("phase1_binary_search_steps",
                                                       settings.get("binary_search_steps", 9)),
                   "max_iters": settings.get("phase1_max_iters", settings.get("max_iters", 1000))}
         return self.cw_gradients(phase1) + self.cw_gradients(settings)

@@ -55,7 +55,7 @@ preset into an estimated run time lives in `costs`.
 
 from dataclasses import asdict, dataclass, field, replace
 
-from ..names import PAPER_METRICS, SUPERVISED_METRICS, Dataset, Formulation, Metric, Norm, Precision, Preset, TargetRule
+from ..names import PAPER_METRICS, SUPERVISED_METRICS, AbortRule, Dataset, Formulation, Metric, Norm, Precision, Preset, TargetRule
 from .schema import TABLE2_ATTACKS
 
 PRESET_NAMES = Preset.choices()
@@ -71,13 +71,17 @@ SINGLE_EPS = {
 HIST_RAND_EPS = {Dataset.MNIST: 0.16, Dataset.CIFAR10: 0.04}
 # C&W-wb of Table 3 (section 4.4) as the authors ran it (test_adv.py `carliniL2_highden`): phase 1
 # 3 x 5 000 from c = 1, phase 2 8 x 10 000 from c = 1 with L2 measured from the phase-1 image.
-CWWB_SETTINGS = {"phase1_binary_search_steps": 3, "phase1_max_iters": 5_000, "binary_search_steps": 8,
+# Every C&W-family setting names its abort rule, so that a cell's stored config says which rule made it
+# (and a run folder made under another rule recomputes those cells): the library's default, WINDOW
+# (`attacks.cw`; benchmarks/RESULTS.md, "C&W engine").
+CW_ABORT = {"abort_rule": AbortRule.WINDOW.value}
+CWWB_SETTINGS = {**CW_ABORT, "phase1_binary_search_steps": 3, "phase1_max_iters": 5_000, "binary_search_steps": 8,
                  "max_iters": 10_000, "initial_const": 1.0, "attack_bank_size": 100, "l2_from": "phase1"}
 # C&W-wb-hc (kappa > 0, appendix Table 2; test_adv.py `carliniL2_specific`): c = 10 then c = 100, 9 steps.
 CWWB_HC_SETTINGS = {"phase1_initial_const": 10.0, "initial_const": 100.0, "binary_search_steps": 9}
 # JSMA as the authors ran it (test_adv.py): single-feature map, least-likely target, 100 iterations.
 JSMA_SETTINGS = {"max_iters": 100, "mode": "single", "targets": TargetRule.LEAST_LIKELY.value}
-CW_SETTINGS = {"binary_search_steps": 9, "max_iters": 10_000, "initial_const": 1.0}
+CW_SETTINGS = {**CW_ABORT, "binary_search_steps": 9, "max_iters": 10_000, "initial_const": 1.0}
 # The worst-case evaluation's detectors: the paper's three and the baselines whose score is a
 # differentiable function of the input here (LID's `lid_mle` detaches its queries and Mahalanobis-LR
 # scores hooked layer activations, not the `ModelOutput` the attacks differentiate through).
@@ -100,14 +104,14 @@ WORST_CASE_QUICK_EPS = {
 # C&W-L2 5 x 1 000 from c = 1 at the paper's lr; every attack on every input (per-attack curves).
 WORST_CASE_PAPER = {"eps": WORST_CASE_EPS[Dataset.MNIST], "formulations": [f.value for f in Formulation],
                     "lambdas": [0.1, 1.0, 10.0], "steps": 100, "restarts": 5,
-                    "cw": {"binary_search_steps": 5, "max_iters": 1000, "lr": 0.01, "initial_const": 1.0},
+                    "cw": {**CW_ABORT, "binary_search_steps": 5, "max_iters": 1000, "lr": 0.01, "initial_const": 1.0},
                     "cascade": False, "large_eps": 1.0, "check_steps": True}
 
 
 def _attack_settings(cw: dict, cw_hc: dict = None, jsma: dict = None) -> dict:
     """attack_settings of one budget: C&W and C&W-hc (default: the same budget), JSMA."""
-    return {"jsma": dict(JSMA_SETTINGS if jsma is None else jsma), "cw": dict(cw),
-            "cw-hc": dict(cw if cw_hc is None else cw_hc)}
+    return {"jsma": dict(JSMA_SETTINGS if jsma is None else jsma), "cw": {**CW_ABORT, **cw},
+            "cw-hc": {**CW_ABORT, **(cw if cw_hc is None else cw_hc)}}
 
 
 @dataclass(frozen=True)
@@ -152,7 +156,7 @@ class ReproPreset:
     tsne_perplexity: float = 30.0
     cw_fixed_c: tuple = (0.01, 0.1, 1.0, 10.0, 100.0)
     cw_fixed_n: int = 1000
-    cw_fixed_settings: dict = field(default_factory=lambda: {"max_iters": 10_000})
+    cw_fixed_settings: dict = field(default_factory=lambda: {**CW_ABORT, "max_iters": 10_000})
     cwwb_n: int = 1000
     cwwb_kappas: tuple = (0.0, 5.0)
     cwwb_settings: dict = field(default_factory=lambda: dict(CWWB_SETTINGS))
@@ -204,6 +208,9 @@ def quick(dataset) -> ReproPreset:
     #                       remaining failures are the model's, not the budget's.
     # C&W-hc therefore runs 2 x 800 (the third step, c = 1 000, bought 1-2 successes in 40 for a third
     # of the time) on 48 images, so that its RCE cell keeps >= 30 counted pairs.
+    # These counts were measured with the EXAMPLE abort rule; the cells run the default WINDOW rule
+    # (`cw.DEFAULT_ABORT_RULE`), which ran 0.84-0.89 of these budgets against EXAMPLE's 0.55-0.64
+    # (RESULTS.md, "C&W engine").
     cw = {"binary_search_steps": 3, "max_iters": 500, "initial_const": 10.0, "lr": 0.1}
     cw_hc = {"binary_search_steps": 2, "max_iters": 800, "initial_const": 10.0, "lr": 0.1}
     return replace(
@@ -225,7 +232,7 @@ def quick(dataset) -> ReproPreset:
         # benchmarks/fig3_grid_noise.py); 96 images there: 75 s per model's cell in the docs run.
         fig3_jsma_n=8 if dataset == Dataset.MNIST else 96,
         rand_eps=(0.0, 0.04) + QUICK_EPS_GRID, rand_n=500,
-        cw_fixed_c=(0.1, 1.0, 10.0), cw_fixed_n=12, cw_fixed_settings={"max_iters": 100, "lr": 0.1},
+        cw_fixed_c=(0.1, 1.0, 10.0), cw_fixed_n=12, cw_fixed_settings={**CW_ABORT, "max_iters": 100, "lr": 0.1},
         # C&W-wb: phase 2 needs 5 binary steps. At 3 x 200 iterations, 3 of 16 CE images ended
         # with an attack-bank f2 of 0.008-0.05 (classifier fooled, K-density just short of eta);
         # 5 x 200 brings all 16 to f2 = 0. Measured on the quick models of the demo.
@@ -245,7 +252,7 @@ def quick(dataset) -> ReproPreset:
         worst_case={**WORST_CASE_PAPER, "eps": dict(WORST_CASE_QUICK_EPS[dataset]), "steps": 10, "restarts": 1,
                     "formulations": [Formulation.CW_L2.value, Formulation.LOGIT.value, Formulation.SUM.value],
                     "lambdas": [1.0], "cascade": True,
-                    "cw": {"binary_search_steps": 1, "max_iters": 30, "lr": 0.1, "initial_const": 10.0}},
+                    "cw": {**CW_ABORT, "binary_search_steps": 1, "max_iters": 30, "lr": 0.1, "initial_const": 10.0}},
     )
 
 
@@ -261,7 +268,7 @@ def toy(dataset) -> ReproPreset:
         attack_settings=_attack_settings(tiny_cw, jsma={**JSMA_SETTINGS, "max_iters": 5}),
         fig3_eps=(0.1, 0.3), fig3_n=16, fig3_jsma_n=4,
         rand_eps=(0.0, 0.1, 0.3), rand_n=64, hist_rand_eps=0.1, tsne_n=60, tsne_perplexity=10.0,
-        cw_fixed_c=(0.1, 10.0), cw_fixed_n=4, cw_fixed_settings={"max_iters": 10},
+        cw_fixed_c=(0.1, 10.0), cw_fixed_n=4, cw_fixed_settings={**CW_ABORT, "max_iters": 10},
         cwwb_n=4, cwwb_settings={**CWWB_SETTINGS, "phase1_binary_search_steps": 1, "phase1_max_iters": 10,
                                  "binary_search_steps": 1, "max_iters": 10, "attack_bank_size": 10},
         cwwb_hc_settings={**CWWB_HC_SETTINGS, "binary_search_steps": 1},
@@ -269,7 +276,7 @@ def toy(dataset) -> ReproPreset:
         baseline_protocol={"n": 64, "n_gaussian": 200, "magnitude": 0.0, "k": 10, "lid_batch_size": 24},
         worst_case={**WORST_CASE_PAPER, "eps": {Norm.LINF.value: [0.0, 0.3], Norm.L2.value: [0.0, 3.0]}, "steps": 3,
                     "restarts": 2, "lambdas": [1.0],
-                    "cw": {"binary_search_steps": 1, "max_iters": 10, "lr": 0.1, "initial_const": 10.0}},
+                    "cw": {**CW_ABORT, "binary_search_steps": 1, "max_iters": 10, "lr": 0.1, "initial_const": 10.0}},
     )
 
 
