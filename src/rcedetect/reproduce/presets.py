@@ -3,7 +3,7 @@
     paper  the paper's settings (sections 4.1-4.5, appendix B): ResNet-32/56 trained 20k (MNIST) /
            90k (CIFAR-10) steps, 1 000 attacked test images per attack, C&W-family attacks with 9
            binary-search steps x 10 000 iterations, JSMA changing at most 100 pixels. A GPU job.
-    quick  the same pipeline scaled so that MNIST runs end-to-end in <= 20 minutes on 2 CPU cores,
+    quick  the same pipeline scaled so that MNIST runs end-to-end in ~20 minutes on 2 CPU cores (README),
            training included: fewer training steps (ResNet-56 only a few hundred), fewer attacked
            images, C&W budgets of a few hundred iterations. Enough to see the paper's effects if they
            are real (RCE vs CE on non-ME and K-density AUC), not to match its digits.
