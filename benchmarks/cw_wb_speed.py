@@ -103,6 +103,8 @@ def preset_budget(args, loaded, model, kd, data, report) -> int:
     from rcedetect.reproduce.presets import get_preset
 
     settings = get_preset(loaded.config.dataset, args.preset).cwwb_settings_for(args.kappa)
+    if args.abort_rule:
+        settings = {**settings, "abort_rule": args.abort_rule}
     lo, n = args.start, args.preset_n
     x, y = data.float_images(slice(lo, lo + n)), data.labels[lo:lo + n]
     counter = CountingModel(model, cap=args.full_cap if args.preset == "paper" else None)
@@ -118,8 +120,12 @@ def preset_budget(args, loaded, model, kd, data, report) -> int:
     entry = {"preset": args.preset, "kappa": args.kappa, "settings": settings, "n": n, "finished": finished,
              "seconds": elapsed, "rows_per_example": counter.rows / n, "max_rows_per_example": max_rows}
     if finished:
+        l2 = (res.x_adv.cpu() - x).flatten(1).norm(dim=1)[res.success.cpu()]
         entry.update(seconds_per_example=elapsed / n, success_percent=100 * float(res.success.float().mean()),
-                     fooled_percent=100 * float(res.fooled.float().mean()))
+                     fooled_percent=100 * float(res.fooled.float().mean()),
+                     median_l2_success=float(l2.median()) if l2.numel() else None,
+                     l2_per_example=[float(v) if ok else None for v, ok in
+                                     zip((res.x_adv.cpu() - x).flatten(1).norm(dim=1), res.success.cpu())])
     else:
         entry.update(seconds_per_example_lower_bound=elapsed / n,
                      seconds_per_example_upper_bound_extrapolated=elapsed / max(counter.rows, 1) * max_rows)
@@ -142,6 +148,8 @@ def main(argv=None) -> int:
     parser.add_argument("--preset", choices=["quick", "paper"], help="measure at this preset's C&W-wb budget only")
     parser.add_argument("--preset-n", type=int, default=16, help="images (one batch) for --preset")
     parser.add_argument("--kappa", type=float, default=0.0, help="C&W-wb margin for --preset")
+    parser.add_argument("--abort-rule", choices=["none", "example", "window"],
+                        help="with --preset: override the preset's C&W abort rule")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
