@@ -32,6 +32,7 @@ import torch
 
 from rcedetect.attacks import cw_l2, random_targets
 from rcedetect.evaluation.threat_models import run_cw_wb
+from rcedetect.names import AbortRule
 
 
 class _Deadline(Exception):
@@ -120,12 +121,11 @@ def preset_budget(args, loaded, model, kd, data, report) -> int:
     entry = {"preset": args.preset, "kappa": args.kappa, "settings": settings, "n": n, "finished": finished,
              "seconds": elapsed, "rows_per_example": counter.rows / n, "max_rows_per_example": max_rows}
     if finished:
-        l2 = (res.x_adv.cpu() - x).flatten(1).norm(dim=1)[res.success.cpu()]
-        entry.update(seconds_per_example=elapsed / n, success_percent=100 * float(res.success.float().mean()),
+        l2, success = (res.x_adv.cpu() - x).flatten(1).norm(dim=1), res.success.cpu()
+        entry.update(seconds_per_example=elapsed / n, success_percent=100 * float(success.float().mean()),
                      fooled_percent=100 * float(res.fooled.float().mean()),
-                     median_l2_success=float(l2.median()) if l2.numel() else None,
-                     l2_per_example=[float(v) if ok else None for v, ok in
-                                     zip((res.x_adv.cpu() - x).flatten(1).norm(dim=1), res.success.cpu())])
+                     median_l2_success=float(l2[success].median()) if success.any() else None,
+                     l2_per_example=[float(v) if ok else None for v, ok in zip(l2, success)])
     else:
         entry.update(seconds_per_example_lower_bound=elapsed / n,
                      seconds_per_example_upper_bound_extrapolated=elapsed / max(counter.rows, 1) * max_rows)
@@ -148,7 +148,7 @@ def main(argv=None) -> int:
     parser.add_argument("--preset", choices=["quick", "paper"], help="measure at this preset's C&W-wb budget only")
     parser.add_argument("--preset-n", type=int, default=16, help="images (one batch) for --preset")
     parser.add_argument("--kappa", type=float, default=0.0, help="C&W-wb margin for --preset")
-    parser.add_argument("--abort-rule", choices=["none", "example", "window"],
+    parser.add_argument("--abort-rule", choices=AbortRule.choices(),
                         help="with --preset: override the preset's C&W abort rule")
     args = parser.parse_args(argv)
     if args.threads:

@@ -34,7 +34,7 @@ from cw_matrix import BUDGETS, floor_seconds  # noqa: E402
 
 from rcedetect.attacks.cw import DEFAULT_ABORT_RULE  # noqa: E402
 from rcedetect.models import resnet  # noqa: E402
-from rcedetect.names import AbortRule, Dataset, Preset  # noqa: E402
+from rcedetect.names import Dataset, Preset  # noqa: E402
 from rcedetect.reproduce.costs import COSTS  # noqa: E402
 from rcedetect.reproduce.run import Reproduction  # noqa: E402
 
@@ -48,7 +48,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="/tmp/paper_attack_cost")
     args = p.parse_args(argv)
     runs = [json.loads(line) for line in Path(args.matrix).read_text().splitlines() if line.strip()]
-    rule = AbortRule.coerce(DEFAULT_ABORT_RULE)
+    rule = DEFAULT_ABORT_RULE
     ours = [r for r in runs if r["impl"] == f"ours-{rule.value}"]
     budget_rows = {name: steps * iters for name, (steps, iters, _, _) in BUDGETS.items()}
     efficiency = statistics.median(r["efficiency"] for r in ours)

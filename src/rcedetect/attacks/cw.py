@@ -65,6 +65,11 @@ ABORT_TOLERANCE = 0.9999  # an example aborts when loss > 0.9999 * loss at the p
 # (the presets') are unchanged by it.
 WINDOW_MIN_CHECK = 50
 DEFAULT_ABORT_RULE = AbortRule.WINDOW
+
+
+def abort_rule_of(abort_early: bool, abort_rule) -> AbortRule:
+    """The rule a C&W run applies: `abort_rule` (checked), or NONE when `abort_early` is off."""
+    return AbortRule.coerce(abort_rule, "abort rule") if abort_early else AbortRule.NONE
 CONST_UPPER = 1e10
 ADAM_BETAS, ADAM_EPS = (0.9, 0.999), 1e-8
 
@@ -103,7 +108,7 @@ def cw_l2_search(model, x: torch.Tensor, labels: torch.Tensor, *, targeted: bool
     """The C&W-L2 optimisation core (see the module docstring); the caller validates inputs and puts
     the model in eval mode. `labels` are targets if `targeted`, else the true labels. `abort_rule`
     (an `AbortRule`) applies when `abort_early`; `abort_early=False` is `AbortRule.NONE`."""
-    rule = AbortRule.coerce(abort_rule, "abort rule") if abort_early else AbortRule.NONE
+    rule = abort_rule_of(abort_early, abort_rule)
     x = x.detach()
     x_ref = x if x_ref is None else x_ref.detach()
     x_start = x if x_start is None else x_start.detach()

@@ -10,7 +10,7 @@ these units; the ETA shown while running adapts to the machine's real speed.
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from ..attacks.cw import DEFAULT_ABORT_RULE
+from ..attacks.cw import DEFAULT_ABORT_RULE, abort_rule_of
 from ..names import AbortRule, Attack, Dataset, PGDMethod, Precision
 
 
@@ -71,8 +71,7 @@ class CostModel:
 
     def cw_gradients(self, settings) -> float:
         """Gradient-equivalents per image of a C&W run with `settings` (its abort rule's fraction included)."""
-        rule = (AbortRule.coerce(settings.get("abort_rule", DEFAULT_ABORT_RULE), "abort rule")
-                if settings.get("abort_early", True) else AbortRule.NONE)
+        rule = abort_rule_of(settings.get("abort_early", True), settings.get("abort_rule", DEFAULT_ABORT_RULE))
         return (settings.get("binary_search_steps", 9) * settings.get("max_iters", 1000) * self.abort_fraction[rule]
                 * self.cw_iteration)
 

@@ -55,7 +55,8 @@ preset into an estimated run time lives in `costs`.
 
 from dataclasses import asdict, dataclass, field, replace
 
-from ..names import PAPER_METRICS, SUPERVISED_METRICS, AbortRule, Dataset, Formulation, Metric, Norm, Precision, Preset, TargetRule
+from ..attacks.cw import DEFAULT_ABORT_RULE
+from ..names import PAPER_METRICS, SUPERVISED_METRICS, Dataset, Formulation, Metric, Norm, Precision, Preset, TargetRule
 from .schema import TABLE2_ATTACKS
 
 PRESET_NAMES = Preset.choices()
@@ -74,7 +75,7 @@ HIST_RAND_EPS = {Dataset.MNIST: 0.16, Dataset.CIFAR10: 0.04}
 # Every C&W-family setting names its abort rule, so that a cell's stored config says which rule made it
 # (and a run folder made under another rule recomputes those cells): the library's default, WINDOW
 # (`attacks.cw`; benchmarks/RESULTS.md, "C&W engine").
-CW_ABORT = {"abort_rule": AbortRule.WINDOW.value}
+CW_ABORT = {"abort_rule": DEFAULT_ABORT_RULE.value}
 CWWB_SETTINGS = {**CW_ABORT, "phase1_binary_search_steps": 3, "phase1_max_iters": 5_000, "binary_search_steps": 8,
                  "max_iters": 10_000, "initial_const": 1.0, "attack_bank_size": 100, "l2_from": "phase1"}
 # C&W-wb-hc (kappa > 0, appendix Table 2; test_adv.py `carliniL2_specific`): c = 10 then c = 100, 9 steps.
