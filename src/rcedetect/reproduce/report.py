@@ -670,12 +670,16 @@ class _Report:
 
     def appendix_table1(self):
         rows = []
-        cw = self.settings.get("attack_settings", {}).get("cw", {})
-        cw_budget = f"{cw.get('binary_search_steps', '?')} × {cw.get('max_iters', '?')}"
+        attack_settings = self.settings.get("attack_settings", {})
+
+        def cw_budget(attack: Attack) -> str:
+            c = attack_settings.get(attack.value, {})
+            return f"{c.get('binary_search_steps', '?')} × {c.get('max_iters', '?')}"
+
         budgets = {
             Attack.FGSM: "1 step", Attack.BIM: "10 steps", Attack.ILCM: "10 steps",
             Attack.JSMA: self.jsma_budget(),
-            Attack.CW: cw_budget, Attack.CW_HC: cw_budget,
+            Attack.CW: cw_budget(Attack.CW), Attack.CW_HC: cw_budget(Attack.CW_HC),
             Attack.CW_WB: self.cwwb_budget(),
         }
         # The cell that measured each attack's time: Table 2's, and Table 3's kappa-0 run for C&W-wb.
