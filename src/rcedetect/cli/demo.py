@@ -7,7 +7,7 @@ DEMO_OUT = "runs/demo-mnist-quick"
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
-        "demo", help="quick end-to-end reproduction on MNIST (<= 20 min on 2 CPU cores), with its report",
+        "demo", help="quick end-to-end reproduction on MNIST (~15-30 min on 2 CPU cores: README), with its report",
         description="Same as 'rcedetect reproduce --dataset mnist --preset quick --out runs/demo-mnist-quick'.")
     add_reproduce_arguments(parser, out_default=DEMO_OUT)
     parser.set_defaults(func=run)

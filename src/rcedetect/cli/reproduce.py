@@ -30,7 +30,7 @@ def register(subparsers) -> None:
                     "computed with the same settings are skipped: a killed run continues where it stopped.")
     parser.add_argument("--dataset", choices=Dataset.choices(), required=True)
     parser.add_argument("--preset", choices=Preset.choices(), default=Preset.QUICK.value,
-                        help="quick: minutes on a CPU (MNIST <= 20 min); paper: the paper's settings (GPU); "
+                        help="quick: minutes on a CPU (MNIST ~15-30 min); paper: the paper's settings (GPU); "
                              "toy: a one-minute smoke test (default: quick)")
     add_reproduce_arguments(parser)
     parser.set_defaults(func=run)

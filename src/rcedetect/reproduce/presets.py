@@ -3,7 +3,7 @@
     paper  the paper's settings (sections 4.1-4.5, appendix B): ResNet-32/56 trained 20k (MNIST) /
            90k (CIFAR-10) steps, 1 000 attacked test images per attack, C&W-family attacks with 9
            binary-search steps x 10 000 iterations, JSMA changing at most 100 pixels. A GPU job.
-    quick  the same pipeline scaled so that MNIST runs end-to-end in ~20 minutes on 2 CPU cores (README),
+    quick  the same pipeline scaled so that MNIST runs end-to-end in 15-30 minutes on 2 CPU cores (README),
            training included: fewer training steps (ResNet-56 only a few hundred), fewer attacked
            images, C&W budgets of a few hundred iterations. Enough to see the paper's effects if they
            are real (RCE vs CE on non-ME and K-density AUC), not to match its digits.
@@ -211,7 +211,8 @@ def quick(dataset) -> ReproPreset:
     # of the time) on 48 images, so that its RCE cell keeps >= 30 counted pairs.
     # These counts were measured with the EXAMPLE abort rule; the cells run the default WINDOW rule
     # (`cw.DEFAULT_ABORT_RULE`), which ran 0.84-0.89 of these budgets against EXAMPLE's 0.55-0.64
-    # (RESULTS.md, "C&W engine").
+    # (RESULTS.md, "C&W engine"): the whole MNIST run takes 1.24x its time under EXAMPLE
+    # (benchmarks/rule_cost.py), ~23 min instead of ~18.5 on the AMD EPYC the 20 minutes were sized on.
     cw = {"binary_search_steps": 3, "max_iters": 500, "initial_const": 10.0, "lr": 0.1}
     cw_hc = {"binary_search_steps": 2, "max_iters": 800, "initial_const": 10.0, "lr": 0.1}
     return replace(
