@@ -65,13 +65,13 @@ ABORT_TOLERANCE = 0.9999  # an example aborts when loss > 0.9999 * loss at the p
 # (the presets') are unchanged by it.
 WINDOW_MIN_CHECK = 50
 DEFAULT_ABORT_RULE = AbortRule.WINDOW
+CONST_UPPER = 1e10
+ADAM_BETAS, ADAM_EPS = (0.9, 0.999), 1e-8
 
 
 def abort_rule_of(abort_early: bool, abort_rule) -> AbortRule:
     """The rule a C&W run applies: `abort_rule` (checked), or NONE when `abort_early` is off."""
     return AbortRule.coerce(abort_rule, "abort rule") if abort_early else AbortRule.NONE
-CONST_UPPER = 1e10
-ADAM_BETAS, ADAM_EPS = (0.9, 0.999), 1e-8
 
 
 class CWOutput(NamedTuple):

@@ -212,7 +212,8 @@ def quick(dataset) -> ReproPreset:
     # These counts were measured with the EXAMPLE abort rule; the cells run the default WINDOW rule
     # (`cw.DEFAULT_ABORT_RULE`), which ran 0.84-0.89 of these budgets against EXAMPLE's 0.55-0.64
     # (RESULTS.md, "C&W engine"): the whole MNIST run takes 1.24x its time under EXAMPLE
-    # (benchmarks/rule_cost.py), ~23 min instead of ~18.5 on the AMD EPYC the 20 minutes were sized on.
+    # (benchmarks/rule_cost.py), so an estimated ~23 min instead of the 18.5 measured on the AMD EPYC the
+    # 20 minutes were sized on.
     cw = {"binary_search_steps": 3, "max_iters": 500, "initial_const": 10.0, "lr": 0.1}
     cw_hc = {"binary_search_steps": 2, "max_iters": 800, "initial_const": 10.0, "lr": 0.1}
     return replace(

@@ -265,6 +265,11 @@ class _Report:
         """C&W-wb's settings at margin `kappa` (as the CE cell of Table 3 ran it)."""
         return self.cell_settings(schema.table3_cell(kappa, Objective.CE), self.settings.get("cwwb_settings", {}))
 
+    def cw_budget(self, attack) -> str:
+        """'steps × iterations' of a Table 2 C&W-family attack, as its CE cell ran it."""
+        c = self.attack_settings(attack)
+        return f"{c.get('binary_search_steps', '?')} × {c.get('max_iters', '?')}"
+
     def cwwb_budget(self, kappa=0.0) -> str:
         w = self.cwwb_settings(kappa)
         bss, iters = w.get("binary_search_steps", "?"), w.get("max_iters", "?")
@@ -287,7 +292,7 @@ class _Report:
         for attack in (Attack.CW, Attack.CW_HC):
             c = self.attack_settings(attack)
             reduced = c.get("max_iters", 10_000) < 10_000 or c.get("binary_search_steps", 9) < 9 or c.get("lr", 0.01) != 0.01
-            cw_rows.append(f"{attack.display}: {c.get('binary_search_steps', '?')} × {c.get('max_iters', '?')} "
+            cw_rows.append(f"{attack.display}: {self.cw_budget(attack)} "
                            f"from c₀ = {c.get('initial_const', 1e-3):g}, Adam lr {c.get('lr', 0.01):g}"
                            + (" (this preset's reduced budget, not the authors')" if reduced else ""))
         eps = s.get("eps", {})
@@ -670,16 +675,10 @@ class _Report:
 
     def appendix_table1(self):
         rows = []
-        attack_settings = self.settings.get("attack_settings", {})
-
-        def cw_budget(attack: Attack) -> str:
-            c = attack_settings.get(attack.value, {})
-            return f"{c.get('binary_search_steps', '?')} × {c.get('max_iters', '?')}"
-
         budgets = {
             Attack.FGSM: "1 step", Attack.BIM: "10 steps", Attack.ILCM: "10 steps",
             Attack.JSMA: self.jsma_budget(),
-            Attack.CW: cw_budget(Attack.CW), Attack.CW_HC: cw_budget(Attack.CW_HC),
+            Attack.CW: self.cw_budget(Attack.CW), Attack.CW_HC: self.cw_budget(Attack.CW_HC),
             Attack.CW_WB: self.cwwb_budget(),
         }
         # The cell that measured each attack's time: Table 2's, and Table 3's kappa-0 run for C&W-wb.
